@@ -1,0 +1,36 @@
+# `make test` and `make demo` each set up .venv on a fresh machine first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv test test-all demo bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU-usable wheels that lie on this disk (see README).
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev,viz]'
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/hpa-embed demo --out demo-output
+
+bench: venv
+	$(BIN)/python benchmarks/bench_synthetic.py
+
+lint: venv
+	$(BIN)/ruff check hpa_embed tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) demo-output bench-output

@@ -1,0 +1,399 @@
+"""Reading HPA fields of view, masks and label tables; atomic writes.
+
+A field of view is four single-channel files ``<ID>_{red,green,blue,yellow}.<ext>`` in one
+directory (PNG or TIFF, 8- or 16-bit, also ``.tif.gz`` and OME-TIFF as HPA ships them).
+:func:`read_field` returns it as float32 ``[C, H, W]`` in (red, green, blue, yellow) order,
+scaled to [0, 1] by dtype. Every file the library writes goes through :func:`atomic_path`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io as _io
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .labels import CHANNELS, HPA2018, HPA2021, ClassScheme, get_scheme
+
+__all__ = [
+    "DataError",
+    "IMAGE_SUFFIXES",
+    "atomic_path",
+    "find_channel_file",
+    "read_image",
+    "to_unit_float",
+    "read_field",
+    "list_field_ids",
+    "write_png",
+    "read_mask",
+    "write_mask",
+    "LabelTable",
+    "read_labels",
+    "write_labels",
+]
+
+#: Channel-file suffixes that are recognised, in the order they are looked for.
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".png", ".tif", ".tiff", ".tif.gz", ".tiff.gz", ".ome.tif", ".ome.tiff", ".jpg", ".jpeg",
+)
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file (and row, where there is one) and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, row: int | None = None):
+        self.path = Path(path)
+        self.problem = problem
+        self.row = row
+        where = f"{self.path}" + (f", line {row}" if row is not None else "")
+        super().__init__(f"{where}: {problem}")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file (or directory) is removed when the block raises, so a crash never leaves
+    a half-written file under the final name, and an existing file is untouched until the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def find_channel_file(directory: str | os.PathLike, image_id: str, channel: str) -> Path:
+    """The file that holds one channel of a field, e.g. ``<dir>/<ID>_green.png``.
+
+    Raises :class:`DataError` when no file or more than one file (different suffixes) matches.
+    """
+    directory = Path(directory)
+    found = [
+        directory / f"{image_id}_{channel}{suffix}"
+        for suffix in IMAGE_SUFFIXES
+        if (directory / f"{image_id}_{channel}{suffix}").is_file()
+    ]
+    if not found:
+        raise DataError(
+            directory / f"{image_id}_{channel}.png",
+            f"missing {channel} channel of field {image_id!r} (looked for suffixes "
+            f"{', '.join(IMAGE_SUFFIXES)})",
+        )
+    if len(found) > 1:
+        raise DataError(
+            found[0], f"ambiguous {channel} channel: several files match ({[p.name for p in found]})"
+        )
+    return found[0]
+
+
+def _read_tiff(source, path: Path) -> np.ndarray:
+    import tifffile
+
+    array = tifffile.imread(source)
+    return np.asarray(array)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one single-channel image file in its own dtype, ``[H, W]``.
+
+    PNG/JPEG go through Pillow, TIFF/OME-TIFF through tifffile, ``.gz`` is decompressed first.
+    An RGB(A) file whose colour planes are equal (a grey image saved in colour) is reduced to one
+    plane; any other multi-channel file is refused, since a channel file must hold one channel.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                array = _read_tiff(_io.BytesIO(handle.read()), path)
+        elif name.endswith((".tif", ".tiff")):
+            array = _read_tiff(path, path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.load()
+                array = np.asarray(image)
+    except DataError:
+        raise
+    except Exception as error:  # Pillow/tifffile/gzip raise many types for a broken file
+        raise DataError(path, f"unreadable or truncated image ({type(error).__name__}: {error})") from error
+    array = np.squeeze(array)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        planes = array[..., :3]
+        if (planes == planes[..., :1]).all():
+            array = planes[..., 0]
+        else:
+            raise DataError(
+                path, f"expected a single-channel image, got {array.shape[-1]} colour channels"
+            )
+    if array.ndim != 2:
+        raise DataError(path, f"expected a 2-D single-channel image, got shape {array.shape}")
+    return array
+
+
+def to_unit_float(array: np.ndarray, path: str | os.PathLike = "<array>") -> np.ndarray:
+    """Scale an image to float32 in [0, 1] by its dtype (uint8 / 255, uint16 / 65535).
+
+    Float images are taken as already scaled and clipped to [0, 1].
+    """
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535)
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(array, 0, 1).astype(np.float32)
+    raise DataError(path, f"unsupported pixel type {array.dtype} (expected 8- or 16-bit, or float)")
+
+
+def read_field(
+    directory: str | os.PathLike,
+    image_id: str,
+    channels: Sequence[str] = CHANNELS,
+) -> np.ndarray:
+    """Read a field of view -> float32 ``[C, H, W]`` in [0, 1], channels in the order given.
+
+    Parameters
+    ----------
+    directory : path
+        Directory holding ``<image_id>_<channel>.<ext>`` files.
+    image_id : str
+        The field's ID (the file-name prefix).
+    channels : sequence of str
+        Default (red, green, blue, yellow); pass :data:`hpa_embed.labels.RGB_CHANNELS` for a
+        3-channel read that never touches the yellow file.
+    """
+    for channel in channels:
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}; channels are {CHANNELS}")
+    # find every file before reading any, so a missing channel fails fast
+    paths = [find_channel_file(directory, image_id, channel) for channel in channels]
+    planes = []
+    for channel, path in zip(channels, paths):
+        plane = to_unit_float(read_image(path), path)
+        if planes and plane.shape != planes[0].shape:
+            raise DataError(
+                path,
+                f"{channel} channel has shape {plane.shape} but {paths[0].name} has "
+                f"{planes[0].shape}",
+            )
+        planes.append(plane)
+    return np.stack(planes)
+
+
+def list_field_ids(directory: str | os.PathLike, channel: str = "blue") -> list[str]:
+    """IDs of the fields in a directory (those with a file for ``channel``), sorted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(directory, "not a directory")
+    ids = set()
+    marker = f"_{channel}"
+    for path in directory.iterdir():
+        name = path.name
+        for suffix in IMAGE_SUFFIXES:
+            if name.lower().endswith(marker + suffix):
+                ids.add(name[: -len(marker + suffix)])
+                break
+    return sorted(ids)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 3) -> Path:
+    """Write a uint8 or uint16 ``[H, W]`` (or uint8 ``[H, W, 3]``) array as PNG, atomically."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(array)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_png takes uint8 or uint16, got {array.dtype}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=compress_level)
+    return path
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a label mask (16-bit PNG, TIFF, or ``.npz`` with key ``mask``) -> int32 ``[H, W]``."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DataError(path, "file not found")
+        try:
+            with np.load(path) as archive:
+                mask = archive["mask"]
+        except Exception as error:
+            raise DataError(path, f"unreadable mask archive ({error})") from error
+    else:
+        mask = read_image(path)
+    if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
+        raise DataError(path, f"a mask must hold integer ids, got {mask.dtype}")
+    return mask.astype(np.int32)
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
+    """Write an int label mask ``[H, W]`` as 16-bit PNG (``.png``) or compressed ``.npz``."""
+    path = Path(path)
+    mask = np.asarray(mask)
+    if path.suffix == ".npz":
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, mask=mask.astype(np.int32))
+        return path
+    if mask.size and (mask.min() < 0 or mask.max() > np.iinfo(np.uint16).max):
+        raise ValueError(f"{path}: mask ids must lie in 0..65535 for a 16-bit PNG; use .npz")
+    return write_png(path, mask.astype(np.uint16))
+
+
+# --------------------------------------------------------------------------- label tables
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Image-level labels.
+
+    Attributes
+    ----------
+    image_ids : list of str
+        One per image, unique, in file order.
+    labels : list of list of int
+        Class ids per image.
+    scheme : ClassScheme
+    """
+
+    image_ids: list[str]
+    labels: list[list[int]]
+    scheme: ClassScheme
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return f"LabelTable({len(self)} images, scheme={self.scheme.name})"
+
+    @property
+    def Y(self) -> np.ndarray:
+        """Multi-hot labels, bool ``[N, K]``."""
+        return self.scheme.to_multi_hot(self.labels)
+
+    def to_frame(self) -> pd.DataFrame:
+        """DataFrame with ``image_id``, ``labels`` (list of int) and one bool column per class."""
+        frame = pd.DataFrame({"image_id": self.image_ids, "labels": self.labels})
+        multi_hot = pd.DataFrame(self.Y, columns=list(self.scheme.names))
+        return pd.concat([frame, multi_hot], axis=1)
+
+
+_FORMATS = {
+    # header (id column, label column) -> (scheme, separator)
+    ("ID", "Label"): (HPA2021, "|"),
+    ("Id", "Target"): (HPA2018, " "),
+}
+
+
+def read_labels(path: str | os.PathLike, scheme: str | ClassScheme | None = None) -> LabelTable:
+    """Read a Kaggle label table.
+
+    Recognises the 2021 format (``ID,Label`` with ``|``-separated ids, 19 classes) and the 2018
+    format (``Id,Target`` with space-separated ids, 28 classes) from the header; extra columns
+    are ignored. ``scheme`` overrides the scheme the header implies.
+
+    Raises :class:`DataError` (naming file and line) for an unknown header, a malformed row, a
+    label that is not an integer or lies outside the scheme, an empty label, or a duplicate ID.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(path, "empty file (expected a header 'ID,Label' or 'Id,Target')")
+        header = [name.strip() for name in header]
+        known = [columns for columns in _FORMATS if set(columns) <= set(header)]
+        if not known:
+            raise DataError(
+                path, f"unknown header {header}; expected 'ID,Label' (2021) or 'Id,Target' (2018)", 1
+            )
+        id_column, label_column = known[0]
+        default_scheme, separator = _FORMATS[known[0]]
+        table_scheme = get_scheme(scheme) if scheme is not None else default_scheme
+        id_index, label_index = header.index(id_column), header.index(label_column)
+        image_ids: list[str] = []
+        labels: list[list[int]] = []
+        first_line: dict[str, int] = {}
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(path, f"expected {len(header)} fields, got {len(row)}: {row}", line)
+            image_id = row[id_index].strip()
+            if not image_id:
+                raise DataError(path, "empty image ID", line)
+            if image_id in first_line:
+                raise DataError(
+                    path, f"duplicate ID {image_id!r} (first on line {first_line[image_id]})", line
+                )
+            first_line[image_id] = line
+            tokens = row[label_index].strip().split(separator)
+            try:
+                ids = [int(token) for token in tokens if token.strip() != ""]
+            except ValueError:
+                raise DataError(
+                    path, f"label {row[label_index]!r} is not {separator!r}-separated integers", line
+                ) from None
+            if not ids:
+                raise DataError(path, f"image {image_id!r} has no label", line)
+            bad = [i for i in ids if not 0 <= i < table_scheme.num_classes]
+            if bad:
+                raise DataError(
+                    path,
+                    f"label {bad[0]} of image {image_id!r} is outside the {table_scheme.name} "
+                    f"scheme (ids 0..{table_scheme.num_classes - 1})",
+                    line,
+                )
+            image_ids.append(image_id)
+            labels.append(sorted(set(ids)))
+    return LabelTable(image_ids=image_ids, labels=labels, scheme=table_scheme)
+
+
+def write_labels(path: str | os.PathLike, table: LabelTable) -> Path:
+    """Write a label table in its scheme's Kaggle format, atomically."""
+    path = Path(path)
+    (id_column, label_column), separator = next(
+        (header, sep) for header, (s, sep) in _FORMATS.items() if s.name == table.scheme.name
+    )
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([id_column, label_column])
+            for image_id, ids in zip(table.image_ids, table.labels):
+                writer.writerow([image_id, separator.join(str(i) for i in ids)])
+    return path
