@@ -37,6 +37,25 @@ _PUBLIC = {
     "generate_field": "synthetic",
     "generate_dataset": "synthetic",
     "read_truth": "synthetic",
+    # segment
+    "Segmenter": "segment",
+    "ClassicalSegmenter": "segment",
+    "HPACellSegmenter": "segment",
+    "SegmentationReport": "segment",
+    "segment_directory": "segment",
+    "check_masks": "segment",
+    # crops and the cell store
+    "CellStore": "store",
+    "CropConfig": "crops",
+    "extract_crops": "crops",
+    "build_store": "crops",
+    "assign_splits": "crops",
+    "select_cells": "crops",
+    # evaluate
+    "mask_iou": "evaluate",
+    "match_objects": "evaluate",
+    "object_f1": "evaluate",
+    "ObjectScores": "evaluate",
     # analysis
     "LabelStatistics": "analysis",
     "label_statistics": "analysis",

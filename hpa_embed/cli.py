@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .io import DataError
 
 log = logging.getLogger("hpa_embed")
 
@@ -56,26 +57,143 @@ def _run_channels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_segment(args: argparse.Namespace) -> int:
+    from .segment import ClassicalSegmenter, HPACellSegmenter, segment_directory
+
+    if args.segmenter == "hpacellseg":
+        missing = [flag for flag, value in (("--nuclei-model", args.nuclei_model),
+                                            ("--cell-model", args.cell_model)) if not value]
+        if missing:
+            raise ValueError(f"--segmenter hpacellseg needs {' and '.join(missing)}")
+        segmenter = HPACellSegmenter(args.nuclei_model, args.cell_model, device=args.device,
+                                     pixel_size=args.pixel_size)
+    else:
+        segmenter = ClassicalSegmenter(pixel_size=args.pixel_size)
+    report = segment_directory(args.images, args.out, segmenter, workers=args.workers,
+                               mask_format=args.format, progress=not args.no_progress)
+    print(report)
+    for image_id, reason in report.failed.items():
+        print(f"  failed {image_id}: {reason}")
+    return 1 if report.failed else 0
+
+
+def _run_crop(args: argparse.Namespace) -> int:
+    from .crops import CropConfig, build_store
+    from .labels import CHANNELS, RGB_CHANNELS
+
+    crop_flags = (args.crop_size, args.margin, args.keep_neighbours or None, args.normalisation,
+                  args.rgb or None)
+    config = None
+    if any(flag is not None for flag in crop_flags):  # else an existing store keeps its settings
+        defaults = CropConfig()
+        config = CropConfig(
+            crop_size=args.crop_size or defaults.crop_size,
+            channels=RGB_CHANNELS if args.rgb else CHANNELS,
+            margin=defaults.margin if args.margin is None else args.margin,
+            keep_neighbours=args.keep_neighbours,
+            normalisation=args.normalisation or defaults.normalisation,
+        )
+    report = build_store(args.images, args.masks, args.out, labels=args.labels, truth=args.truth,
+                         config=config, workers=args.workers, fields_per_commit=args.fields_per_commit,
+                         seed=args.seed)
+    print(f"added {report.cells_added} cells from {len(report.fields_added)} fields to {args.out} "
+          f"({len(report.fields_skipped)} fields already there, {len(report.fields_failed)} failed)")
+    for image_id, reason in report.fields_failed.items():
+        print(f"  failed {image_id}: {reason}")
+    return 1 if report.fields_failed else 0
+
+
+def _read_run_configs(path: str | None) -> dict:
+    from .config import read_config_file
+
+    return read_config_file(path) if path else {}
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import TrainConfig
+    from .train import fit
+
+    configs = _read_run_configs(args.config)
+    if args.epochs is not None:
+        configs["train"] = dataclasses.replace(configs.get("train", TrainConfig()), epochs=args.epochs)
+    result = fit(args.store, args.out, resume=args.resume, progress=not args.no_progress, **configs)
+    print(result.history.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"best checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _run_lr_find(args: argparse.Namespace) -> int:
+    from .train import lr_find
+
+    result = lr_find(args.store, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
+                     out=args.out, progress=not args.no_progress, **_read_run_configs(args.config))
+    print(f"suggested learning rate: {result.suggestion:.3g} (plot: {Path(args.out) / 'lr_find.png'})")
+    return 0
+
+
+def _run_checkpoint_info(args: argparse.Namespace) -> int:
+    from .models.checkpoint import describe_checkpoint
+
+    print(describe_checkpoint(args.checkpoint))
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .analysis import label_statistics
-    from .io import list_field_ids, read_field, read_labels
+    from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
+    from .crops import build_store, select_cells
+    from .evaluate import object_f1
+    from .io import list_field_ids, read_field, read_labels, read_mask
+    from .segment import segment_directory
+    from .store import CellStore
     from .synthetic import generate_dataset, get_preset
+    from .train import fit
     from .visualise import plot_label_statistics, save_channel_views
 
     out = Path(args.out)
     data = out / "data"
-    print(f"[1/3] generating {args.images} synthetic fields ({args.preset} preset) in {data}")
+    steps = 6
+    print(f"[1/{steps}] generating {args.images} synthetic fields ({args.preset} preset) in {data}")
     generate_dataset(data, args.images, get_preset(args.preset), seed=args.seed, workers=args.workers)
 
-    print("[2/3] analysing the labels")
+    print(f"[2/{steps}] analysing the labels")
     stats = label_statistics(read_labels(data / "train.csv"))
     print(stats.to_text())
     plot_label_statistics(stats, out / "analysis")
 
-    first = list_field_ids(data / "train")[0]
-    print(f"[3/3] channel views of {first}")
-    save_channel_views(read_field(data / "train", first), out / "channels", first)
-    print(f"done: see {out}/analysis and {out}/channels")
+    ids = list_field_ids(data / "train")
+    print(f"[3/{steps}] channel views of {ids[0]}")
+    save_channel_views(read_field(data / "train", ids[0]), out / "channels", ids[0])
+
+    print(f"[4/{steps}] segmenting the fields into cells")
+    report = segment_directory(data / "train", out / "masks", workers=args.workers)
+    scores = [object_f1(read_mask(data / "truth" / f"{i}_cellmask.png"),
+                        read_mask(out / "masks" / f"{i}_cellmask.png")) for i in ids]
+    print(f"  {sum(report.n_cells.values())} cells found; against the true masks: cell F1 at IoU 0.6 = "
+          f"{np.mean([s.f1 for s in scores]):.3f}, mean IoU = {np.mean([s.mean_iou for s in scores]):.3f}")
+
+    print(f"[5/{steps}] cutting the cells out into a CellStore")
+    built = build_store(data / "train", out / "masks", out / "store", labels=data / "train.csv",
+                        truth=data, workers=args.workers)
+    cells = CellStore.open(built.store).cells
+    single, _ = select_cells(cells, "single_label")
+    print(f"  {len(cells)} cells in {out / 'store'}; splits: "
+          + ", ".join(f"{name} {count}" for name, count in cells["split"].value_counts().items())
+          + f"; {len(single)} cells of single-label images")
+
+    print(f"[6/{steps}] training a small embedding model (ResNet-18, BCE + multi-label triplets)")
+    result = fit(out / "store", out / "run", ModelConfig(arch="resnet18", in_chans=4),
+                 LossConfig(classification="bce", metric="triplet", miner="semihard"),
+                 DataConfig(label_mode="image_labels", batch_size=16, m_per_class=2),
+                 TrainConfig(epochs=args.epochs, seed=args.seed), resume=True)
+    columns = [c for c in ("epoch", "train_cls", "train_metric", "val_total", "val_macro_ap")
+               if c in result.history]
+    print(result.history[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"done: see {out}/")
     return 0
 
 
@@ -100,6 +218,7 @@ def get_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=12, help="number of synthetic fields")
     demo.add_argument("--preset", default="small", help="synthetic preset (default: small)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=2, help="training epochs")
     demo.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     demo.set_defaults(run=_run_demo)
 
@@ -129,6 +248,74 @@ def get_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--top", type=int, default=10, help="combinations to list")
     analyse.set_defaults(run=_run_analyse)
 
+    segment = commands.add_parser(
+        "segment", help="segment every field of a directory into cell and nucleus masks",
+        description="Write <out>/<ID>_cellmask.png and <ID>_nucleimask.png (16-bit; nucleus id == "
+        "cell id) for every field; fields already done are skipped, unreadable ones reported.",
+    )
+    segment.add_argument("images", help="directory of <ID>_<channel> images")
+    segment.add_argument("--out", required=True, help="directory for the masks")
+    segment.add_argument("--segmenter", choices=("classical", "hpacellseg"), default="classical")
+    segment.add_argument("--pixel-size", type=float, help="micrometres per pixel (default: measured)")
+    segment.add_argument("--format", choices=("png", "npz"), default="png", help="mask file format")
+    segment.add_argument("--workers", type=int, help="processes (default: all cores)")
+    segment.add_argument("--nuclei-model", help="hpacellseg: nucleus model weights file")
+    segment.add_argument("--cell-model", help="hpacellseg: cell model weights file")
+    segment.add_argument("--device", default="cpu", help="hpacellseg: cpu, cuda or cuda:N")
+    segment.add_argument("--no-progress", action="store_true", help="no progress bar")
+    segment.set_defaults(run=_run_segment)
+
+    crop = commands.add_parser(
+        "crop", help="cut every cell out into a CellStore (resumable, appendable)",
+        description="Crop the cells of every field into a CellStore directory (cells.parquet + "
+        "crop chunks). Re-running resumes; pointing at new images appends.",
+    )
+    crop.add_argument("images", help="directory of <ID>_<channel> images")
+    crop.add_argument("--masks", required=True, help="directory of <ID>_cellmask / _nucleimask files")
+    crop.add_argument("--out", required=True, help="the CellStore directory")
+    crop.add_argument("--labels", help="train.csv with the image labels")
+    crop.add_argument("--truth", help="synthetic data set root: attach the true cell labels")
+    crop.add_argument("--crop-size", type=int, help="crop side in pixels (default 128)")
+    crop.add_argument("--margin", type=float, help="bounding-box margin, fraction of its side")
+    crop.add_argument("--keep-neighbours", action="store_true", help="do not mask out other cells")
+    crop.add_argument("--normalisation", choices=("field_percentile", "none"))
+    crop.add_argument("--rgb", action="store_true", help="store red, green, blue only")
+    crop.add_argument("--workers", type=int, help="processes (default: all cores)")
+    crop.add_argument("--fields-per-commit", type=int, default=32)
+    crop.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    crop.set_defaults(run=_run_crop)
+
+    train = commands.add_parser(
+        "train", help="train a cell embedding model on a CellStore",
+        description="Train (or resume) a run: history.csv, checkpoints/last and checkpoints/best in "
+        "--out. The TOML config holds [model], [loss], [data] and [train] tables (see "
+        "examples/run.toml); a missing table takes the defaults. Under torchrun it trains with DDP.",
+    )
+    train.add_argument("--store", required=True, help="the CellStore directory")
+    train.add_argument("--config", help="run configuration (TOML)")
+    train.add_argument("--out", required=True, help="the run directory")
+    train.add_argument("--epochs", type=int, help="override train.epochs")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_run_train)
+
+    lr_find = commands.add_parser(
+        "lr-find", help="learning-rate range test: loss vs LR plot and a suggested LR",
+        description="Exponential LR sweep on the training cells; writes lr_find.png and lr_find.csv.",
+    )
+    lr_find.add_argument("--store", required=True, help="the CellStore directory")
+    lr_find.add_argument("--config", help="run configuration (TOML)")
+    lr_find.add_argument("--out", required=True, help="directory for the plot and the numbers")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7)
+    lr_find.add_argument("--end-lr", type=float, default=10.0)
+    lr_find.add_argument("--steps", type=int, default=200)
+    lr_find.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lr_find.set_defaults(run=_run_lr_find)
+
+    info = commands.add_parser("checkpoint-info", help="describe a checkpoint directory")
+    info.add_argument("checkpoint", help="checkpoint directory (model.safetensors + config.json)")
+    info.set_defaults(run=_run_checkpoint_info)
+
     channels = commands.add_parser(
         "channels", help="PNG views of each channel of a field and its RGBY composite",
     )
@@ -142,16 +329,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hpa-embed``; returns the exit code (2 for bad input, with the reason on stderr)."""
-    from .io import DataError
 
     args = get_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing
     try:
         return args.run(args)
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"hpa-embed {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,182 @@
+"""Per-cell classifiers over embeddings.
+
+:class:`KNNClassifier` votes among a cell's nearest reference cells in a
+:class:`~hpa_embed.index.CellIndex`, single-label (int ``y``) or multi-label (multi-hot ``Y``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .config import IndexConfig
+from .index import CellIndex
+
+__all__ = ["KNNClassifier"]
+
+
+class KNNClassifier(ClassifierMixin, BaseEstimator):
+    """k-nearest-neighbour vote over a FAISS :class:`~hpa_embed.index.CellIndex`.
+
+    A scikit-learn estimator: on an exact (flat) index, ``predict``, ``predict_proba`` and
+    ``kneighbors`` equal those of ``sklearn.neighbors.KNeighborsClassifier(algorithm="brute")``
+    with ``metric="cosine"`` (index metric ``"cosine"``) or ``metric="euclidean"`` (index metric
+    ``"l2"``) and the same ``n_neighbors`` and ``weights``, up to float32 rounding and the order of
+    exactly tied neighbours.
+
+    Parameters
+    ----------
+    n_neighbors : int
+        Neighbours that vote.
+    weights : {"distance", "uniform"}
+        ``"distance"``: a neighbour's vote is ``1 / d`` with ``d`` its scikit-learn distance
+        (cosine distance ``1 - similarity``, or Euclidean distance); where some neighbours are at
+        distance 0, only those vote, equally (as in scikit-learn). ``"uniform"``: one vote each.
+    index_config : IndexConfig, optional
+        How :meth:`fit` indexes the reference cells; default ``IndexConfig()`` (exact below
+        ``flat_threshold`` cells, IVF above). Pass ``IndexConfig(kind="flat")`` for exact search.
+    threshold : float
+        Multi-label :meth:`predict`: a class is predicted when its probability exceeds this.
+
+    Attributes
+    ----------
+    index_ : CellIndex
+        The reference cells.
+    classes_ : numpy.ndarray
+        Single-label: the sorted distinct labels ``[C]``; multi-label: ``arange(K)``.
+    Y_ : numpy.ndarray
+        Reference labels: int64 positions into ``classes_`` ``[N]`` (single-label) or bool
+        multi-hot ``[N, K]`` (multi-label), aligned with the index rows.
+    multilabel_ : bool
+        Whether fitted on multi-hot ``Y``.
+    n_features_in_ : int
+        Embedding width D.
+    n_samples_fit_ : int
+        Reference cell count N.
+    """
+
+    def __init__(self, n_neighbors: int = 10, weights: str = "distance",
+                 index_config: IndexConfig | None = None, threshold: float = 0.5):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.index_config = index_config
+        self.threshold = threshold
+
+    def fit(self, X: np.ndarray | CellIndex, y: np.ndarray) -> KNNClassifier:
+        """Index the reference cells and remember their labels.
+
+        Parameters
+        ----------
+        X : numpy.ndarray or CellIndex
+            Reference embeddings float ``[N, D]`` (indexed under ids ``"0"`` ... ``"N-1"``), or an
+            already-built index whose rows are the reference cells (``index_config`` is then unused).
+        y : numpy.ndarray
+            ``[N]`` labels (any sortable values) or multi-hot ``[N, K]`` (bool or 0/1), row ``i``
+            for row ``i`` of ``X``.
+
+        Returns
+        -------
+        self
+        """
+        if self.weights not in ("distance", "uniform"):
+            raise ValueError(f"weights={self.weights!r}: expected 'distance' or 'uniform'")
+        if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors={self.n_neighbors!r} must be a positive integer")
+        if isinstance(X, CellIndex):
+            index = X
+        else:
+            X = np.asarray(X)
+            if X.ndim != 2:
+                raise ValueError(f"X must be a 2-D array [N, D] or a CellIndex, got shape {X.shape}")
+            index = CellIndex.build(X, np.arange(len(X)).astype(str).astype(object), self.index_config,
+                                    progress=False)
+        y = np.asarray(y)
+        if len(y) != len(index):
+            raise ValueError(f"y has {len(y)} rows for {len(index)} reference cells")
+        if y.ndim == 1:
+            self.classes_, self.Y_ = np.unique(y, return_inverse=True)
+            self.Y_ = self.Y_.astype(np.int64)
+            self.multilabel_ = False
+        elif y.ndim == 2:
+            if not np.isin(y, (0, 1)).all():
+                raise ValueError("a 2-D y must be multi-hot: bool or 0/1 values")
+            self.Y_ = y.astype(bool)
+            self.classes_ = np.arange(y.shape[1])
+            self.multilabel_ = True
+        else:
+            raise ValueError(f"y must be [N] labels or [N, K] multi-hot, got shape {y.shape}")
+        self.index_ = index
+        self.n_features_in_ = index.dimension
+        self.n_samples_fit_ = len(index)
+        return self
+
+    def kneighbors(self, X: np.ndarray, n_neighbors: int | None = None,
+                   return_distance: bool = True) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """Nearest reference cells, in scikit-learn's conventions.
+
+        Returns
+        -------
+        distances : numpy.ndarray
+            float32 ``[n, k]``, ascending: cosine distance ``1 - similarity`` clipped to [0, 2]
+            (index metric ``"cosine"``) or Euclidean distance (``"l2"``); inf where an approximate
+            index found fewer than ``k`` neighbours. Only when ``return_distance``.
+        indices : numpy.ndarray
+            int64 ``[n, k]``: rows of the reference set (``fit``'s ``X``), -1 where missing.
+        """
+        check_is_fitted(self, "index_")
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        if k > self.n_samples_fit_:
+            raise ValueError(f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, "
+                             f"n_samples_fit = {self.n_samples_fit_}")
+        scores, rows = self.index_.search_rows(X, k)
+        if not return_distance:
+            return rows
+        if self.index_.metric == "cosine":
+            distances = np.clip(1 - scores, 0, 2)  # -inf similarity of a missing neighbour -> clipped below
+            distances[rows < 0] = np.inf
+        else:
+            distances = np.sqrt(np.maximum(scores, 0))
+        return distances, rows
+
+    def _votes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vote weights float64 ``[n, k]`` (0 for missing neighbours) and neighbour rows ``[n, k]``."""
+        distances, rows = self.kneighbors(X)
+        if self.weights == "uniform":
+            weights = np.ones(rows.shape)
+        else:
+            with np.errstate(divide="ignore"):
+                weights = 1.0 / distances.astype(np.float64)
+            exact = np.isinf(weights)
+            exact_rows = exact.any(axis=1)
+            weights[exact_rows] = exact[exact_rows]  # a cell at distance 0 outvotes everything
+        weights[rows < 0] = 0.0
+        return weights, np.where(rows < 0, 0, rows)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Weighted vote fractions, float64 ``[n, C]`` (columns follow ``classes_``).
+
+        Single-label: the weighted fraction of neighbours with each label (rows sum to 1).
+        Multi-label: for each class, the weighted fraction of neighbours that have it.
+        A query whose neighbours all are missing gets a row of zeros.
+        """
+        check_is_fitted(self, "index_")
+        weights, rows = self._votes(X)
+        n, n_classes = len(rows), len(self.classes_)
+        if self.multilabel_:
+            votes = np.einsum("nk,nkc->nc", weights, self.Y_[rows])
+        else:
+            # Flat bin per (query, class): one bincount sums every vote, in neighbour order.
+            bins = np.arange(n)[:, None] * n_classes + self.Y_[rows]
+            votes = np.bincount(bins.ravel(), weights=weights.ravel(), minlength=n * n_classes)
+            votes = votes.reshape(n, n_classes)
+        total = weights.sum(axis=1, keepdims=True)
+        return votes / np.where(total > 0, total, 1.0)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Single-label: the label with the largest vote ``[n]`` (ties: the smallest label).
+        Multi-label: bool ``[n, K]``, probability > ``threshold``."""
+        proba = self.predict_proba(X)
+        if self.multilabel_:
+            return proba > self.threshold
+        return self.classes_[np.argmax(proba, axis=1)]

@@ -1,0 +1,251 @@
+"""Training data over a CellStore: a batched Dataset, microscopy-safe augmentation, batch samplers.
+
+Batches are read from the store in one fancy-indexed call (``CellDataset.__getitems__``), so
+data loading costs one memory-mapped gather per batch, not one Python call per cell. Batch
+samplers draw *global* batches and hand each distributed rank its own contiguous slice, so
+``world_size`` processes with ``batch_size / world_size`` cells each see exactly the cells one
+process with ``batch_size`` would.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .store import CellStore
+
+__all__ = [
+    "CellDataset",
+    "augment_batch",
+    "ShuffledBatchSampler",
+    "BalancedBatchSampler",
+    "make_loader",
+]
+
+
+class CellDataset(Dataset):
+    """Crops of a :class:`~hpa_embed.store.CellStore` with one target per cell.
+
+    Parameters
+    ----------
+    store : CellStore
+    rows : int array ``[N]``
+        Rows of the store's crop array (``store.cells["row"]`` values).
+    targets : int ``[N]`` or bool ``[N, K]``
+        Single-label class ids or multi-hot labels, aligned with ``rows``.
+    channels : sequence of str, optional
+        The channels to return, in order (e.g. ``RGB_CHANNELS`` for a 3-channel model);
+        default all of the store's channels.
+
+    Items are ``(crop uint8 [C, S, S], target)``; :meth:`__getitems__` returns a whole batch
+    ``(uint8 [B, C, S, S], int64 [B] | float32 [B, K])`` as tensors.
+    """
+
+    def __init__(self, store: CellStore, rows, targets, channels: Sequence[str] | None = None):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        targets = np.asarray(targets)
+        if len(targets) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows but {len(targets)} targets")
+        self.multi_label = targets.ndim == 2
+        self.targets = torch.from_numpy(
+            targets.astype(np.float32) if self.multi_label else targets.astype(np.int64)
+        )
+        store_channels = list(store.channels)
+        channels = list(channels) if channels is not None else store_channels
+        missing = [name for name in channels if name not in store_channels]
+        if missing:
+            raise ValueError(f"{store.path}: the store has no {missing} channel (it has {store_channels})")
+        # None keeps the fast path when every channel is used in store order
+        self.channel_index = (
+            None if channels == store_channels else [store_channels.index(c) for c in channels]
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        crops = self.store.get_crops(self.rows[indices])
+        if self.channel_index is not None:
+            crops = crops[:, self.channel_index]
+        return torch.from_numpy(np.ascontiguousarray(crops)), self.targets[indices]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crops, targets = self.__getitems__([index])
+        return crops[0], targets[0]
+
+
+def _collate_batch(batch):
+    # __getitems__ already returns stacked tensors
+    return batch
+
+
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator | None = None, intensity_jitter: float = 0.1
+) -> torch.Tensor:
+    """Random flips, 90-degree rotations and brightness jitter of a batch, per sample.
+
+    Only transformations a microscope does not care about: orientation, and one brightness
+    factor per cell applied to every channel alike (no change of the ratio between channels).
+
+    Parameters
+    ----------
+    x : float tensor ``[B, C, S, S]``
+    generator : torch.Generator, optional
+        Source of randomness (on the CPU), for reproducible augmentation.
+    intensity_jitter : float
+        Brightness factors are drawn uniformly from ``[1 - j, 1 + j]``.
+    """
+    n = x.shape[0]
+    draws = torch.rand(n, 4, generator=generator)
+    flip = (draws[:, 0] < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    turns = (draws[:, 1] * 4).long().clamp_(max=3)
+    if (turns > 0).any():
+        x = x.clone()
+        for k in (1, 2, 3):
+            chosen = (turns == k).nonzero().flatten().to(x.device)
+            if len(chosen):
+                x[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
+    if intensity_jitter:
+        factor = 1 + intensity_jitter * (2 * draws[:, 2] - 1)
+        x = x * factor.to(x.device, x.dtype)[:, None, None, None]
+    return x
+
+
+class _GlobalBatchSampler(Sampler, ABC):
+    """Base: subclasses yield global batches; each rank gets its slice of every batch."""
+
+    def __init__(self, batch_size: int, seed: int, rank: int, world_size: int):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed for an epoch (call before iterating, as with ``DistributedSampler``)."""
+        self.epoch = epoch
+
+    def _rng(self) -> np.random.RandomState:
+        return np.random.RandomState((self.seed * 100_003 + self.epoch) % 2**32)
+
+    @abstractmethod
+    def _global_batches(self) -> list[np.ndarray]:
+        """The epoch's global batches of dataset indices."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.batch_size // self.world_size
+        for batch in self._global_batches():
+            yield batch[self.rank * share : (self.rank + 1) * share].tolist()
+
+
+class ShuffledBatchSampler(_GlobalBatchSampler):
+    """Every cell once per epoch in a seeded random order (or in order with ``shuffle=False``).
+
+    With ``drop_last=False`` the last, smaller batch is kept (for evaluation; with several
+    processes it is padded by repeating cells so every rank gets the same batch size).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(batch_size, seed, rank, world_size)
+        self.n = n
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def _global_batches(self) -> list[np.ndarray]:
+        order = self._rng().permutation(self.n) if self.shuffle else np.arange(self.n)
+        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        if batches and len(batches[-1]) < self.batch_size:
+            if self.drop_last:
+                batches.pop()
+            elif self.world_size > 1:
+                pad = np.resize(order, self.batch_size - len(batches[-1]))
+                batches[-1] = np.concatenate([batches[-1], pad])
+        return batches
+
+
+class BalancedBatchSampler(_GlobalBatchSampler):
+    """Class-balanced batches: ``m`` cells of each of ``batch_size / m`` classes per batch.
+
+    pytorch-metric-learning's ``MPerClassSampler`` draws the cells; this wrapper seeds it per
+    epoch (it otherwise draws from numpy's global random state) and shards batches by rank.
+
+    Parameters
+    ----------
+    labels : int array ``[N]``
+        One class per cell (for multi-label data, e.g. its rarest label:
+        :func:`hpa_embed.losses.primary_labels`).
+    m : int
+        Cells per class in a batch; must divide ``batch_size``.
+    num_batches : int
+        Batches per epoch.
+    """
+
+    def __init__(
+        self,
+        labels,
+        m: int,
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(batch_size, seed, rank, world_size)
+        self.labels = np.asarray(labels)
+        self.m = m
+        self.num_batches = num_batches
+        classes = len(np.unique(self.labels))
+        if m * classes < batch_size:
+            raise ValueError(
+                f"a balanced batch of {batch_size} with m={m} needs {batch_size // m} classes, "
+                f"the data has {classes}: lower the batch size or raise m"
+            )
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _global_batches(self) -> list[np.ndarray]:
+        from pytorch_metric_learning.samplers import MPerClassSampler
+        from pytorch_metric_learning.utils import common_functions as pml_common
+
+        sampler = MPerClassSampler(
+            self.labels, self.m, self.batch_size, length_before_new_iter=self.num_batches * self.batch_size
+        )
+        saved, pml_common.NUMPY_RANDOM = pml_common.NUMPY_RANDOM, self._rng()
+        try:  # MPerClassSampler draws the whole epoch eagerly inside __iter__
+            order = np.fromiter(iter(sampler), dtype=np.int64)
+        finally:
+            pml_common.NUMPY_RANDOM = saved
+        return np.split(order, len(order) // self.batch_size)
+
+
+def make_loader(dataset: CellDataset, batch_sampler: Sampler, num_workers: int = 0) -> DataLoader:
+    """A DataLoader that reads whole batches through ``dataset.__getitems__``."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=_collate_batch,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,828 @@
+"""CellIndex: a FAISS index over cell embeddings, keyed by cell id.
+
+Cells are identified by strings (``cell_id`` in a CellStore). Inside FAISS each cell is an int64
+id: the cell's row in the index's id table, in the order cells were added, plus an ``id_offset``
+that is 0 except on the shards of a distributed build. Search returns ``(scores, cell_ids)``; the
+``rows`` variants return the int64 rows instead (what :class:`~hpa_embed.classify.KNNClassifier`
+uses as indices into its training set).
+
+Kinds (:class:`~hpa_embed.config.IndexConfig`):
+
+- ``"flat"``: exact search (``IndexFlatIP`` / ``IndexFlatL2``). The row is the FAISS position, so
+  no ``IndexIDMap`` is needed.
+- ``"ivf"``: ``IndexIVFFlat``, trained on a random sample; ``nprobe`` of ``nlist`` cells are visited.
+- ``"ivfpq"``: ``IndexIVFPQ``, vectors stored as ``pq_m`` bytes; scores are approximate.
+
+With ``metric="cosine"`` every vector (indexed or query) is L2-normalised first, and the score
+is the inner product, i.e. the cosine similarity (higher is closer). With ``metric="l2"`` the
+score is the squared Euclidean distance (lower is closer). A neighbour that does not exist
+(``k`` larger than the index, or an IVF probe that found too few vectors) has row -1, cell id
+None and score -inf (cosine) or +inf (l2).
+
+A saved index is a directory::
+
+    <index>/index.json         format, version, config, metric, dimension, count, id offset,
+                               checksums of the other files
+    <index>/index.faiss        faiss.write_index
+    <index>/cell_ids.parquet   faiss_id (int64), cell_id (string): one row per cell, in row order
+    <index>/trained.faiss      IVF kinds: the empty trained index (quantiser, PQ codebooks); shards
+                               can be merged only if theirs are identical
+    <index>/index.ivfdata      merged indexes only: the on-disk inverted lists (OnDiskInvertedLists)
+
+It is written to a temporary directory and renamed into place. Beyond one machine, see
+:meth:`CellIndex.train_empty`, :meth:`CellIndex.new_shard` and :func:`merge_shards` (and
+``docs/index.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import IndexConfig
+from .io import DataError, atomic_path
+
+__all__ = [
+    "CellIndex",
+    "merge_shards",
+    "index_embeddings",
+    "resolve_kind",
+    "resolve_nlist",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "hpa_embed.cellindex"
+FORMAT_VERSION = 1
+
+_META_FILE = "index.json"
+_INDEX_FILE = "index.faiss"
+_IDS_FILE = "cell_ids.parquet"
+_TRAINED_FILE = "trained.faiss"
+_IVFDATA_FILE = "index.ivfdata"
+
+#: Vectors per block when a whole array is added: bounds the normalised copy made for cosine.
+BLOCK_SIZE = 65_536
+# k-means wants at least this many training vectors per IVF cell (FAISS warns below 39).
+_MIN_POINTS_PER_CELL = 39
+_MAX_NLIST = 65_536
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def resolve_kind(config: IndexConfig, n_total: int | None) -> str:
+    """The concrete kind (``"flat"``, ``"ivf"`` or ``"ivfpq"``) for an index of ``n_total`` vectors.
+
+    ``"auto"`` needs ``n_total``: flat below ``config.flat_threshold``, IVF from there on.
+    """
+    if config.kind != "auto":
+        return config.kind
+    if n_total is None:
+        raise ValueError('kind="auto" needs the number of vectors (n_total) to choose flat or IVF')
+    return "flat" if n_total < config.flat_threshold else "ivf"
+
+
+def resolve_nlist(config: IndexConfig, n_total: int, n_train: int) -> int:
+    """IVF cell count: ``config.nlist``, or about ``4 sqrt(n_total)`` when None.
+
+    Never more than one cell per 39 training vectors (k-means needs that many per centroid).
+    """
+    cap = max(1, n_train // _MIN_POINTS_PER_CELL)
+    if config.nlist is not None:
+        if config.nlist > n_train:
+            raise ValueError(f"nlist={config.nlist} exceeds the {n_train} training vectors")
+        if config.nlist > cap:
+            log.warning("nlist=%d with %d training vectors: fewer than %d per cell",
+                        config.nlist, n_train, _MIN_POINTS_PER_CELL)
+        return config.nlist
+    return int(min(max(1, round(4 * math.sqrt(max(n_total, 1)))), cap, _MAX_NLIST))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _faiss_metric(metric: str) -> int:
+    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+
+def _missing_score(metric: str) -> float:
+    return -np.inf if metric == "cosine" else np.inf
+
+
+def _as_vectors(X: Any, dimension: int | None, metric: str, name: str = "X") -> np.ndarray:
+    """float32 C-contiguous ``[n, D]``; a normalised copy for cosine (the caller's array is untouched)."""
+    array = np.asarray(X)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n, D], got shape {array.shape}")
+    if dimension is not None and array.shape[1] != dimension:
+        raise ValueError(f"{name} has {array.shape[1]} columns but the index holds {dimension}-D vectors")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    if metric == "cosine":
+        array = np.array(array, dtype=np.float32, order="C", copy=True)
+        faiss.normalize_L2(array)
+    else:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return array
+
+
+def _as_cell_ids(cell_ids: Any, n: int) -> np.ndarray:
+    """Object array of ``n`` non-empty strings, unique among themselves."""
+    ids = np.asarray(cell_ids, dtype=object).ravel()
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} cell ids for {n} vectors")
+    if n and not all(isinstance(value, str) and value for value in ids):
+        raise ValueError("cell ids must be non-empty strings")
+    if _duplicates(ids):
+        raise ValueError(f"duplicate cell ids, e.g. {_duplicates(ids)}")
+    return ids
+
+
+def _duplicates(values: np.ndarray, limit: int = 5) -> list:
+    """Up to ``limit`` values that occur more than once (empty when all are unique)."""
+    index = pd.Index(values)
+    return [] if index.is_unique else index[index.duplicated()][:limit].tolist()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _on_disk_invlists(index: faiss.Index) -> faiss.OnDiskInvertedLists | None:
+    ivf = _ivf(index)
+    if ivf is None:
+        return None
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    return invlists if isinstance(invlists, faiss.OnDiskInvertedLists) else None
+
+
+def _new_faiss_index(kind: str, dimension: int, config: IndexConfig, nlist: int) -> faiss.Index:
+    metric = _faiss_metric(config.metric)
+    if kind == "flat":
+        return faiss.IndexFlat(dimension, metric)
+    quantizer = faiss.IndexFlat(dimension, metric)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dimension, nlist, metric)
+    else:
+        if dimension % config.pq_m:
+            raise ValueError(f"pq_m={config.pq_m} must divide the dimension {dimension}")
+        index = faiss.IndexIVFPQ(quantizer, dimension, nlist, config.pq_m, config.pq_nbits, metric)
+    index.own_fields = True
+    quantizer.this.disown()  # the IVF index owns (and frees) its quantizer
+    index.cp.seed = config.seed
+    # Spherical k-means keeps centroids on the unit sphere, where cosine-normalised vectors live.
+    index.cp.spherical = config.metric == "cosine"
+    index.nprobe = min(config.nprobe, nlist)
+    return index
+
+
+def _replace_directory(path: Path, write: Any) -> None:
+    """Write a directory with ``write(tmp_dir)`` and rename it onto ``path``.
+
+    An existing ``path`` is replaced only if it is a CellIndex directory (so a mistyped path never
+    deletes unrelated files); it is moved aside just before the rename and deleted after.
+    """
+    if path.exists() and not (path.is_dir() and (path / _META_FILE).is_file()):
+        raise DataError(path, "exists and is not a CellIndex directory; refusing to replace it")
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    moved = False
+    try:
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            write(tmp)
+            if path.exists():
+                os.replace(path, old)
+                moved = True
+    except BaseException:
+        if moved and not path.exists():
+            os.replace(old, path)
+        raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(path, "missing: not a CellIndex directory (see CellIndex.save)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(path, f"not valid JSON ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise DataError(path, f"not a CellIndex description (format should be {FORMAT_NAME!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise DataError(path, f"format version {meta.get('version')!r}; this library reads {FORMAT_VERSION}")
+    return meta
+
+
+# --------------------------------------------------------------------------- the index
+
+
+class CellIndex:
+    """A FAISS index over cell embeddings, searched by vector or by cell id.
+
+    Build with :meth:`build` (an array), :meth:`build_from_blocks` (an iterator of blocks),
+    :meth:`train_empty` then :meth:`add`, or :meth:`load`. Not thread-safe for concurrent adds;
+    concurrent searches are fine (FAISS parallelises each search over its queries with OpenMP,
+    with FAISS's default thread count).
+
+    Attributes
+    ----------
+    config : IndexConfig
+        The configuration it was built with (``nprobe`` follows :attr:`nprobe`).
+    kind : str
+        ``"flat"``, ``"ivf"`` or ``"ivfpq"``.
+    dimension : int
+        Vector width D.
+    id_offset : int
+        FAISS id of row 0 (0 except for shards, see :meth:`new_shard`).
+    """
+
+    def __init__(self, index: faiss.Index, cell_ids: np.ndarray, config: IndexConfig, kind: str, *,
+                 id_offset: int = 0, trained: bytes | None = None, read_only: bool = False):
+        if index.ntotal != len(cell_ids):
+            raise ValueError(f"the FAISS index holds {index.ntotal} vectors but {len(cell_ids)} cell ids")
+        self._index = index
+        self._cell_ids = np.asarray(cell_ids, dtype=object)
+        self.config = config
+        self.kind = kind
+        self.dimension = int(index.d)
+        self.id_offset = int(id_offset)
+        self._trained = trained
+        self._read_only = read_only
+        self._row_of: dict[str, int] | None = None  # built on first need: costly for millions of ids
+
+    # ----------------------------------------------------------------------- construction
+
+    @classmethod
+    def train_empty(cls, sample: np.ndarray, config: IndexConfig | None = None, *,
+                    n_total: int | None = None) -> CellIndex:
+        """An empty index, trained on ``sample`` when its kind needs training.
+
+        Parameters
+        ----------
+        sample : numpy.ndarray
+            float ``[m, D]``: the training vectors for IVF kinds (a random sample of the data;
+            at most ``config.train_sample`` rows of it are used); only its width matters for flat.
+        config : IndexConfig, optional
+            Default ``IndexConfig()``.
+        n_total : int, optional
+            How many vectors the index will hold: picks the kind for ``kind="auto"`` and the
+            default ``nlist``. Default ``len(sample)``.
+        """
+        config = config or IndexConfig()
+        sample = np.asarray(sample)
+        n_total = len(sample) if n_total is None else int(n_total)
+        kind = resolve_kind(config, n_total)
+        if sample.ndim != 2 or sample.shape[1] < 1:
+            raise ValueError(f"sample must be a 2-D array [m, D], got shape {sample.shape}")
+        dimension = sample.shape[1]
+        if kind == "flat":
+            return cls(_new_faiss_index(kind, dimension, config, 1), np.empty(0, dtype=object), config, kind)
+        if len(sample) > config.train_sample:
+            rows = np.sort(np.random.default_rng(config.seed).choice(len(sample), config.train_sample,
+                                                                      replace=False))
+            sample = sample[rows]
+        train = _as_vectors(sample, dimension, config.metric, "sample")
+        nlist = resolve_nlist(config, n_total, len(train))
+        if kind == "ivfpq" and len(train) < 2**config.pq_nbits:
+            raise ValueError(f"IVFPQ with {config.pq_nbits}-bit codes needs at least {2**config.pq_nbits} "
+                             f"training vectors, got {len(train)}")
+        index = _new_faiss_index(kind, dimension, config, nlist)
+        log.info("training %s index (nlist=%d, metric=%s) on %d vectors", kind, nlist, config.metric,
+                 len(train))
+        index.train(train)
+        trained = faiss.serialize_index(index).tobytes()
+        return cls(index, np.empty(0, dtype=object), config, kind, trained=trained)
+
+    @classmethod
+    def build(cls, X: np.ndarray, cell_ids: Sequence[str], config: IndexConfig | None = None, *,
+              progress: bool = True) -> CellIndex:
+        """Index ``X`` (float ``[N, D]``) under ``cell_ids`` (``N`` unique strings).
+
+        IVF kinds train on a random sample of ``config.train_sample`` rows of ``X``. For cosine,
+        rows are L2-normalised block by block, so ``X`` is never copied whole.
+        """
+        config = config or IndexConfig()
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be a 2-D array [N, D], got shape {X.shape}")
+        cell_ids = _as_cell_ids(cell_ids, len(X))
+        index = cls.train_empty(X, config, n_total=len(X))
+        index.add_blocks(((X[start:start + BLOCK_SIZE], cell_ids[start:start + BLOCK_SIZE])
+                          for start in range(0, len(X), BLOCK_SIZE)), total=len(X), progress=progress)
+        return index
+
+    @classmethod
+    def build_from_blocks(cls, blocks: Iterable[tuple[np.ndarray, Sequence[str]]],
+                          config: IndexConfig | None = None, *, n_total: int | None = None,
+                          train_X: np.ndarray | None = None, progress: bool = True) -> CellIndex:
+        """Index a database passed as an iterator of ``(X_block, cell_ids_block)``.
+
+        Parameters
+        ----------
+        blocks : iterable of (numpy.ndarray, sequence of str)
+            float ``[n_i, D]`` vectors and their ``n_i`` cell ids, block by block (e.g. slices of a
+            memory-mapped ``embeddings.npy``), so the whole database is never in memory twice.
+        config : IndexConfig, optional
+        n_total : int, optional
+            Total vector count: needed by ``kind="auto"``, sets the default ``nlist`` and the
+            progress bar.
+        train_X : numpy.ndarray, optional
+            IVF training sample, float ``[m, D]``; best a random sample of the whole database.
+            Default: the first block (logged, since the first block may not be representative).
+        """
+        config = config or IndexConfig()
+        iterator = iter(blocks)
+        first = next(iterator, None)
+        if first is None:
+            raise ValueError("no blocks to index")
+        if train_X is None:
+            if resolve_kind(config, n_total) != "flat":
+                log.warning("training the IVF index on the first block only (%d vectors); pass train_X, "
+                            "a random sample of the database, for a representative quantiser", len(first[0]))
+            train_X = np.asarray(first[0])
+        index = cls.train_empty(train_X, config, n_total=n_total if n_total is not None else len(first[0]))
+
+        def chained():
+            yield first
+            yield from iterator
+
+        index.add_blocks(chained(), total=n_total, progress=progress)
+        return index
+
+    def new_shard(self, id_offset: int) -> CellIndex:
+        """An empty copy of this trained, empty IVF index whose FAISS ids start at ``id_offset``.
+
+        Each machine of a distributed build adds its block of cells to its own shard; give each
+        shard the position of its first cell in the whole database (the shards' cells must be
+        contiguous and in order, so that :func:`merge_shards` can give the merged index ids
+        0..N-1 without rewriting them).
+        """
+        if self.kind == "flat" or self._trained is None:
+            raise ValueError("shards need a trained IVF index (kind 'ivf' or 'ivfpq'); see train_empty")
+        if len(self):
+            raise ValueError(f"new_shard needs an empty trained index; this one holds {len(self)} cells")
+        if not isinstance(id_offset, (int, np.integer)) or id_offset < 0:
+            raise ValueError(f"id_offset={id_offset!r} must be a non-negative integer")
+        index = faiss.deserialize_index(np.frombuffer(self._trained, dtype=np.uint8))
+        _ivf(index).nprobe = min(self.config.nprobe, _ivf(index).nlist)
+        return CellIndex(index, np.empty(0, dtype=object), self.config, self.kind, id_offset=int(id_offset),
+                         trained=self._trained)
+
+    # ----------------------------------------------------------------------- adding
+
+    def add(self, X: np.ndarray, cell_ids: Sequence[str]) -> None:
+        """Add vectors (float ``[n, D]``) under new, unique cell ids (``n`` strings).
+
+        Raises ``ValueError`` for an id already in the index or repeated in ``cell_ids``, and
+        for a read-only (merged, on-disk) index.
+        """
+        if self._read_only:
+            raise ValueError("this index is read-only (on-disk inverted lists from merge_shards); build new "
+                             "shards and merge them again to add cells")
+        vectors = _as_vectors(X, self.dimension, self.config.metric)
+        cell_ids = _as_cell_ids(cell_ids, len(vectors))
+        row_of = self._row_lookup()
+        already = [cell_id for cell_id in cell_ids if cell_id in row_of]
+        if already:
+            raise ValueError(f"{len(already)} cell ids already in the index, e.g. {already[:5]}")
+        start = len(self)
+        if self.id_offset:
+            ids = np.arange(start, start + len(vectors), dtype=np.int64) + self.id_offset
+            self._index.add_with_ids(vectors, ids)
+        else:
+            self._index.add(vectors)  # FAISS numbers them ntotal, ntotal + 1, ...: our rows
+        self._cell_ids = np.concatenate([self._cell_ids, cell_ids])
+        row_of.update(zip(cell_ids.tolist(), range(start, start + len(cell_ids))))
+
+    def add_blocks(self, blocks: Iterable[tuple[np.ndarray, Sequence[str]]], *, total: int | None = None,
+                   progress: bool = True) -> None:
+        """:meth:`add` each ``(X_block, cell_ids_block)`` of an iterator, with a progress bar.
+
+        ``total`` (vectors) only sizes the progress bar.
+        """
+        with tqdm(total=total, unit="vec", desc="indexing", disable=not progress) as bar:
+            for X, cell_ids in blocks:
+                self.add(X, cell_ids)
+                bar.update(len(X))
+
+    # ----------------------------------------------------------------------- properties
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def __contains__(self, cell_id: object) -> bool:
+        return cell_id in self._row_lookup()
+
+    def __repr__(self) -> str:
+        extra = f", nlist={self.nlist}, nprobe={self.nprobe}" if self.kind != "flat" else ""
+        return (f"CellIndex(kind={self.kind!r}, metric={self.metric!r}, n={len(self)}, "
+                f"dimension={self.dimension}{extra})")
+
+    @property
+    def metric(self) -> str:
+        """``"cosine"`` (scores are similarities) or ``"l2"`` (squared distances)."""
+        return self.config.metric
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying FAISS index (its ids are ``id_offset + row``)."""
+        return self._index
+
+    @property
+    def cell_ids(self) -> np.ndarray:
+        """Cell id of every row, object ``[N]`` (read-only view)."""
+        view = self._cell_ids.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def nlist(self) -> int | None:
+        """IVF cell count (None for flat)."""
+        ivf = _ivf(self._index)
+        return None if ivf is None else int(ivf.nlist)
+
+    @property
+    def nprobe(self) -> int | None:
+        """IVF cells visited per query (None for flat); settable."""
+        ivf = _ivf(self._index)
+        return None if ivf is None else int(ivf.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        ivf = _ivf(self._index)
+        if ivf is None:
+            raise ValueError("a flat index has no nprobe")
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"nprobe={value!r} must be a positive integer")
+        ivf.nprobe = int(min(value, ivf.nlist))
+        self.config = dataclasses.replace(self.config, nprobe=int(value))
+
+    @property
+    def is_on_disk(self) -> bool:
+        """Whether the inverted lists live in an ``index.ivfdata`` file (merged shards)."""
+        return _on_disk_invlists(self._index) is not None
+
+    def _row_lookup(self) -> dict[str, int]:
+        if self._row_of is None:
+            self._row_of = {cell_id: row for row, cell_id in enumerate(self._cell_ids.tolist())}
+        return self._row_of
+
+    def rows_of(self, cell_ids: str | Sequence[str]) -> np.ndarray:
+        """Rows (int64) of cell ids, a scalar for one id; ``KeyError`` naming an unknown id."""
+        row_of = self._row_lookup()
+        single = isinstance(cell_ids, str)
+        try:
+            rows = np.array([row_of[cell_id] for cell_id in ([cell_ids] if single else cell_ids)],
+                            dtype=np.int64)
+        except KeyError as error:
+            raise KeyError(f"cell id {error.args[0]!r} is not in the index") from None
+        return rows[0] if single else rows
+
+    # ----------------------------------------------------------------------- search
+
+    def search_rows(self, X: np.ndarray, k: int, *,
+                    exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest cells of each query, as rows of the index.
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            Queries, float ``[n, D]`` (normalised here for cosine).
+        k : int
+            Neighbours per query.
+        exclude_rows : numpy.ndarray, optional
+            int ``[n]``: a row to leave out of each query's results (the query's own cell). One
+            extra neighbour is searched; where the excluded row is not among the results (an
+            approximate index, or ties), the last one is dropped instead.
+
+        Returns
+        -------
+        scores : numpy.ndarray
+            float32 ``[n, k]``, best first: cosine similarities (descending) or squared L2
+            distances (ascending); -inf / +inf where a neighbour is missing.
+        rows : numpy.ndarray
+            int64 ``[n, k]``: rows of the index (insertion order), -1 where missing.
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r} must be a positive integer")
+        queries = _as_vectors(X, self.dimension, self.config.metric)
+        extra = 0 if exclude_rows is None else 1
+        if exclude_rows is not None:
+            exclude_rows = np.asarray(exclude_rows, dtype=np.int64).ravel()
+            if len(exclude_rows) != len(queries):
+                raise ValueError(f"exclude_rows has {len(exclude_rows)} entries for {len(queries)} queries")
+        if len(self):
+            scores, ids = self._index.search(queries, int(k) + extra)
+        else:  # FAISS refuses to search an empty flat index
+            scores = np.empty((len(queries), int(k) + extra), dtype=np.float32)
+            ids = np.full(scores.shape, -1, dtype=np.int64)
+        missing = ids < 0
+        rows = np.where(missing, -1, ids - self.id_offset)
+        scores[missing] = _missing_score(self.config.metric)
+        if exclude_rows is not None:
+            keep = rows != exclude_rows[:, None]
+            keep[keep.all(axis=1), -1] = False  # one column goes from every row
+            rows = rows[keep].reshape(len(queries), int(k))
+            scores = scores[keep].reshape(len(queries), int(k))
+        return scores, rows
+
+    def search(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest cells of each query.
+
+        Returns
+        -------
+        scores : numpy.ndarray
+            float32 ``[n, k]`` as in :meth:`search_rows`.
+        cell_ids : numpy.ndarray
+            object ``[n, k]`` of cell id strings, None where a neighbour is missing.
+        """
+        scores, rows = self.search_rows(X, k)
+        return scores, self._ids_of_rows(rows)
+
+    def search_cell(self, cell_id: str | Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest other cells of an indexed cell (or of each of several).
+
+        The query vector is the cell's own stored vector (:meth:`reconstruct`); the cell itself is
+        left out of its results.
+
+        Returns
+        -------
+        scores, cell_ids : numpy.ndarray
+            ``[k]`` for one cell id, ``[n, k]`` for a sequence, as in :meth:`search`.
+        """
+        single = isinstance(cell_id, str)
+        rows = np.atleast_1d(self.rows_of(cell_id))
+        scores, neighbours = self.search_rows(self._reconstruct_rows(rows), k, exclude_rows=rows)
+        cell_ids = self._ids_of_rows(neighbours)
+        return (scores[0], cell_ids[0]) if single else (scores, cell_ids)
+
+    def reconstruct(self, cell_id: str | Sequence[str]) -> np.ndarray:
+        """Stored vector(s) of cell id(s): float32 ``[D]`` or ``[n, D]``.
+
+        Normalised for cosine; approximate (decoded PQ codes) for ``"ivfpq"``. For IVF kinds the
+        first call builds FAISS's id -> list position map (8 bytes per vector).
+        """
+        single = isinstance(cell_id, str)
+        vectors = self._reconstruct_rows(np.atleast_1d(self.rows_of(cell_id)))
+        return vectors[0] if single else vectors
+
+    def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
+        ivf = _ivf(self._index)
+        if ivf is not None and ivf.direct_map.no():
+            if self.id_offset:  # FAISS's array map needs ids 0..N-1
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            else:
+                ivf.make_direct_map()
+        ids = np.ascontiguousarray(rows, dtype=np.int64) + self.id_offset
+        return self._index.reconstruct_batch(ids)
+
+    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        cell_ids = self._cell_ids[np.where(rows < 0, 0, rows)] if len(self) else np.full(rows.shape, None)
+        cell_ids = np.asarray(cell_ids, dtype=object).reshape(rows.shape)
+        cell_ids[rows < 0] = None
+        return cell_ids
+
+    # ----------------------------------------------------------------------- save / load
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index directory (see the module docstring) atomically; returns its path.
+
+        An existing CellIndex directory at ``path`` is replaced; any other existing path is refused.
+        """
+        path = Path(path)
+        _replace_directory(path, lambda tmp: self._write_into(tmp, path))
+        log.info("saved %r to %s", self, path)
+        return path
+
+    def _write_into(self, tmp: Path, final: Path) -> None:
+        """Write every file into the directory ``tmp``, which will be renamed to ``final``."""
+        files: dict[str, dict] = {}
+        meta: dict[str, Any] = {}
+        on_disk = _on_disk_invlists(self._index)
+        if on_disk is not None:
+            if Path(on_disk.filename).resolve() != (tmp / _IVFDATA_FILE).resolve():
+                shutil.copyfile(on_disk.filename, tmp / _IVFDATA_FILE)
+            # The index file records where its inverted lists live: point it at the final place.
+            current = on_disk.filename
+            meta["ivfdata_path"] = on_disk.filename = str((final / _IVFDATA_FILE).resolve())
+            try:
+                faiss.write_index(self._index, str(tmp / _INDEX_FILE))
+            finally:
+                on_disk.filename = current
+            files[_IVFDATA_FILE] = {"bytes": (tmp / _IVFDATA_FILE).stat().st_size}
+        else:
+            faiss.write_index(self._index, str(tmp / _INDEX_FILE))
+        files[_INDEX_FILE] = {"sha256": _sha256(tmp / _INDEX_FILE)}
+        if self._trained is not None:
+            (tmp / _TRAINED_FILE).write_bytes(self._trained)
+            files[_TRAINED_FILE] = {"sha256": hashlib.sha256(self._trained).hexdigest()}
+        table = pd.DataFrame({
+            "faiss_id": np.arange(len(self), dtype=np.int64) + self.id_offset,
+            "cell_id": pd.array(self._cell_ids, dtype="string"),
+        })
+        table.to_parquet(tmp / _IDS_FILE, index=False)
+        files[_IDS_FILE] = {"sha256": _sha256(tmp / _IDS_FILE)}
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "metric": self.metric,
+            "dimension": self.dimension,
+            "count": len(self),
+            "id_offset": self.id_offset,
+            "nlist": self.nlist,
+            "on_disk": on_disk is not None,
+            **meta,
+            "faiss_version": faiss.__version__,
+            "config": self.config.to_dict(),
+            "files": files,
+        }
+        (tmp / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CellIndex:
+        """Read an index directory written by :meth:`save` or :func:`merge_shards`.
+
+        Raises :class:`~hpa_embed.io.DataError` naming the file for a missing, corrupt (checksum)
+        or inconsistent file.
+        """
+        path = Path(path)
+        meta_path = path / _META_FILE
+        meta = _read_json(meta_path)
+        try:
+            config = IndexConfig.from_dict(meta["config"])
+            kind, metric, count = meta["kind"], meta["metric"], int(meta["count"])
+            dimension, id_offset, files = int(meta["dimension"]), int(meta["id_offset"]), meta["files"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(meta_path, f"incomplete or invalid description ({error!r})") from error
+        if kind not in ("flat", "ivf", "ivfpq") or metric != config.metric:
+            raise DataError(meta_path, f"inconsistent kind {kind!r} / metric {metric!r}")
+        for name, expected in files.items():
+            file = path / name
+            if not file.is_file():
+                raise DataError(file, "missing")
+            if "sha256" in expected and _sha256(file) != expected["sha256"]:
+                raise DataError(file, "checksum mismatch: the file is corrupt or was changed after saving")
+            if "bytes" in expected and file.stat().st_size != expected["bytes"]:
+                raise DataError(file, f"size {file.stat().st_size} bytes, expected {expected['bytes']}")
+        for name in (_INDEX_FILE, _IDS_FILE):
+            if name not in files:
+                raise DataError(meta_path, f"does not list {name}")
+
+        index = cls._read_faiss(path, meta)
+        expected_metric = _faiss_metric(metric)
+        if index.d != dimension or index.ntotal != count or index.metric_type != expected_metric:
+            raise DataError(path / _INDEX_FILE, f"holds {index.ntotal} vectors of dimension {index.d} "
+                                               f"(metric {index.metric_type}); {_META_FILE} says {count} of "
+                                               f"dimension {dimension} (metric {metric})")
+        if (kind == "flat") != (_ivf(index) is None):
+            raise DataError(path / _INDEX_FILE, f"is not a {kind} index")
+        if _ivf(index) is not None:
+            _ivf(index).nprobe = min(config.nprobe, _ivf(index).nlist)
+
+        try:
+            table = pd.read_parquet(path / _IDS_FILE)
+        except Exception as error:  # pyarrow raises several types for a broken file
+            raise DataError(path / _IDS_FILE, f"unreadable table ({error})") from error
+        if list(table.columns) != ["faiss_id", "cell_id"] or len(table) != count:
+            raise DataError(path / _IDS_FILE, f"expected columns ['faiss_id', 'cell_id'] and {count} rows, "
+                                              f"got {list(table.columns)} and {len(table)} rows")
+        if not np.array_equal(table["faiss_id"].to_numpy(), np.arange(count, dtype=np.int64) + id_offset):
+            raise DataError(path / _IDS_FILE, f"faiss_id must run {id_offset}, {id_offset + 1}, ... in order")
+        cell_ids = table["cell_id"].to_numpy(dtype=object)
+        if table["cell_id"].isna().any() or not table["cell_id"].is_unique:
+            raise DataError(path / _IDS_FILE, "cell_id holds missing or duplicate values")
+        trained = (path / _TRAINED_FILE).read_bytes() if _TRAINED_FILE in files else None
+        return cls(index, cell_ids, config, kind, id_offset=id_offset, trained=trained,
+                   read_only=bool(meta.get("on_disk")))
+
+    @staticmethod
+    def _read_faiss(path: Path, meta: dict) -> faiss.Index:
+        index_path = path / _INDEX_FILE
+        flags = 0
+        if meta.get("on_disk"):
+            ivfdata = (path / _IVFDATA_FILE).resolve()
+            # The index file names its ivfdata file; when the directory has moved, let FAISS look
+            # beside the index file instead (it then prints a note on stdout, hence only then).
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("ivfdata_path") != str(ivfdata) else 0
+        try:
+            return faiss.read_index(str(index_path), flags)
+        except RuntimeError as error:
+            problem = str(error).splitlines()[0][:200]
+            raise DataError(index_path, f"unreadable FAISS index ({problem})") from error
+
+
+# --------------------------------------------------------------------------- scale-out
+
+
+def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> CellIndex:
+    """Merge IVF shards into one index whose inverted lists live on disk.
+
+    Each shard is a saved :class:`CellIndex` made by :meth:`CellIndex.new_shard` from the same
+    trained index, holding contiguous cells: sorted by ``id_offset``, shard ``i`` must start where
+    shard ``i - 1`` ends, the first at 0. The merged index (``out``) has ids 0..N-1, the shards'
+    id tables concatenated, and ``index.ivfdata`` (``faiss.contrib.ondisk.merge_ondisk``, which
+    memory-maps the shards, so the data never has to fit in RAM). It is read-only.
+
+    Returns the merged index, loaded from ``out``.
+    """
+    from faiss.contrib.ondisk import merge_ondisk
+
+    if not paths:
+        raise ValueError("no shards to merge")
+    shards = []
+    for shard_path in map(Path, paths):
+        meta = _read_json(shard_path / _META_FILE)
+        if meta.get("kind") not in ("ivf", "ivfpq") or meta.get("on_disk"):
+            raise DataError(shard_path / _META_FILE, "a shard must be an in-memory IVF index (see new_shard)")
+        shards.append((int(meta["id_offset"]), shard_path, meta))
+    shards.sort(key=lambda item: item[0])
+    reference_path, reference = shards[0][1], shards[0][2]
+    expected_offset = 0
+    for offset, shard_path, meta in shards:
+        if offset != expected_offset:
+            raise DataError(shard_path / _META_FILE,
+                            f"id_offset {offset}, but the shards before it end at {expected_offset}: shards "
+                            "must hold contiguous cells (give each the position of its first cell)")
+        expected_offset += int(meta["count"])
+        for key in ("kind", "metric", "dimension"):
+            if meta[key] != reference[key]:
+                raise DataError(shard_path / _META_FILE,
+                                f"{key} {meta[key]!r} differs from {reference[key]!r} in {reference_path}")
+        if meta["files"].get(_TRAINED_FILE) != reference["files"].get(_TRAINED_FILE):
+            raise DataError(shard_path / _TRAINED_FILE, f"trained differently from {reference_path}: shards "
+                                                        "must come from one trained index (new_shard)")
+    loaded = [CellIndex.load(shard_path) for _, shard_path, _ in shards]  # checks every file
+    cell_ids = np.concatenate([shard._cell_ids for shard in loaded])
+    if _duplicates(cell_ids):
+        raise ValueError(f"the shards share cell ids, e.g. {_duplicates(cell_ids)}")
+    first = loaded[0]
+    del loaded  # merge_ondisk reads the shards again, memory-mapped
+
+    out = Path(out)
+    config = first.config
+
+    def write(tmp: Path) -> None:
+        trained = faiss.deserialize_index(np.frombuffer(first._trained, dtype=np.uint8))
+        # shift_ids=False: the shards already carry their global ids (FAISS's shift_ids adds
+        # wrong offsets when the shards differ in size).
+        merge_ondisk(trained, [str(shard_path / _INDEX_FILE) for _, shard_path, _ in shards],
+                     str(tmp / _IVFDATA_FILE), shift_ids=False)
+        merged = CellIndex(trained, cell_ids, config, first.kind, trained=first._trained, read_only=True)
+        merged._write_into(tmp, out)
+
+    _replace_directory(out, write)
+    log.info("merged %d shards (%d cells) into %s", len(shards), len(cell_ids), out)
+    return CellIndex.load(out)
+
+
+def index_embeddings(embeddings: str | os.PathLike, out: str | os.PathLike, config: IndexConfig | None = None,
+                     *, block_size: int = BLOCK_SIZE, progress: bool = True) -> CellIndex:
+    """Index an embeddings directory (``hpa_embed.embed``) under its cells' ids and save it to ``out``.
+
+    The embeddings are memory-mapped and added block by block; IVF kinds train on a random
+    sample of ``config.train_sample`` rows.
+    """
+    from .embed import read_embeddings
+
+    config = config or IndexConfig()
+    embedded = read_embeddings(embeddings, mmap=True)
+    X, cell_ids = embedded.X, embedded.cell_ids.astype(str).astype(object)
+    blocks = ((X[start:start + block_size], cell_ids[start:start + block_size])
+              for start in range(0, len(X), block_size))
+    # train_empty draws its random training sample from the memory-mapped array
+    index = CellIndex.build_from_blocks(blocks, config, n_total=len(X), train_X=X, progress=progress)
+    index.save(out)
+    return index

@@ -1,0 +1,331 @@
+"""The CellStore: single-cell crops on disk with one table row per cell.
+
+A store is a directory::
+
+    <store>/store.json                 format, crop size, channels, dtype, chunk size, crop settings
+    <store>/cells.parquet              one row per cell; column ``row`` indexes the crop array
+    <store>/crops/chunk-000000.npy     uint8 [chunk_size, C, S, S] (the last chunk may hold fewer)
+    <store>/crops/chunk-000001.npy     ...
+
+Rows ``k * chunk_size ... (k + 1) * chunk_size - 1`` of the crop array live in chunk ``k``.
+Chunks are plain ``.npy`` files read through ``np.load(mmap_mode="r")``: lazy, random access at
+page-cache speed, no dependency beyond numpy, and readable by any tool that reads ``.npy``.
+
+The table is the commit point. :meth:`CellStore.append` first writes every chunk it touches
+(a partial last chunk is rewritten as old rows + new rows under the same name, atomically, so the
+rows a reader already sees never change), and only then replaces ``cells.parquet`` atomically.
+A crash at any point leaves the previous table, which references only rows that are on disk.
+One process writes to a store at a time; any number may read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .io import DataError, atomic_path
+from .labels import CHANNELS, ClassScheme, get_scheme
+
+__all__ = ["CellStore", "FORMAT_NAME", "FORMAT_VERSION", "LIST_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "hpa_embed.cellstore"
+FORMAT_VERSION = 1
+#: Table columns holding lists of class ids (parquet list<int64>; Python lists in memory).
+LIST_COLUMNS: tuple[str, ...] = ("image_labels", "true_labels")
+
+_META_FILE = "store.json"
+_TABLE_FILE = "cells.parquet"
+_CHUNK_DIR = "crops"
+
+
+def _fsync(path: Path) -> None:
+    # The rename that commits a file must not reach the disk before the file's own bytes do.
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _empty_table() -> pd.DataFrame:
+    return pd.DataFrame({"cell_id": pd.Series(dtype=str), "image_id": pd.Series(dtype=str),
+                         "row": pd.Series(dtype=np.int64)})
+
+
+def _to_id_list(value) -> list[int] | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return [int(v) for v in value]
+
+
+class CellStore:
+    """Single-cell crops (uint8 ``[N, C, S, S]``) and their table, in one directory.
+
+    Open one with :meth:`create` or :meth:`open`, never the constructor.
+
+    Attributes
+    ----------
+    path : Path
+        The store directory.
+    meta : dict
+        The content of ``store.json``.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], cells: pd.DataFrame):
+        self.path = path
+        self.meta = meta
+        self._cells = cells
+        self._chunks: dict[int, np.ndarray] = {}
+
+    # ----------------------------------------------------------------------- open / create
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        crop_size: int = 128,
+        channels: Sequence[str] = CHANNELS,
+        chunk_size: int = 1024,
+        scheme: str | ClassScheme = "hpa2021",
+        attrs: Mapping[str, Any] | None = None,
+    ) -> CellStore:
+        """Create an empty store.
+
+        Parameters
+        ----------
+        path : path
+            A directory that does not exist yet or holds no store.
+        crop_size : int
+            Side ``S`` of the square crops, pixels.
+        channels : sequence of str
+            Channel names, in crop order (``C = len(channels)``).
+        chunk_size : int
+            Crops per chunk file. 1024 crops of 4 x 128² are 64 MiB: big enough that a 100k-cell
+            store is ~100 files, small enough that rewriting a partial chunk on append is cheap.
+        scheme : str or ClassScheme
+            The class scheme the label columns use.
+        attrs : mapping, optional
+            JSON-serialisable settings to record (e.g. how the crops were made).
+        """
+        path = Path(path)
+        if (path / _META_FILE).exists():
+            raise FileExistsError(f"{path}: a cell store already exists here; open it instead")
+        for name in channels:
+            if name not in CHANNELS:
+                raise ValueError(f"unknown channel {name!r}; channels are {CHANNELS}")
+        if crop_size < 1 or chunk_size < 1:
+            raise ValueError(f"crop_size and chunk_size must be positive, got {crop_size}, {chunk_size}")
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "crop_size": int(crop_size),
+            "channels": list(channels),
+            "dtype": "uint8",
+            "chunk_size": int(chunk_size),
+            "scheme": get_scheme(scheme).name,
+            "attrs": dict(attrs or {}),
+        }
+        (path / _CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / _META_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        log.info("created cell store %s (%d px, channels %s)", path, crop_size, ",".join(channels))
+        return cls(path, meta, _empty_table())
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> CellStore:
+        """Open an existing store; raises :class:`~hpa_embed.io.DataError` if it is not one."""
+        path = Path(path)
+        meta_path = path / _META_FILE
+        if not meta_path.is_file():
+            raise DataError(path, f"not a cell store (no {_META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(meta_path, f"unreadable store metadata ({error})") from error
+        if meta.get("format") != FORMAT_NAME:
+            raise DataError(meta_path, f"not a cell store (format {meta.get('format')!r})")
+        if meta.get("version") != FORMAT_VERSION:
+            raise DataError(
+                meta_path, f"store format version {meta.get('version')} is not supported "
+                f"(this library reads version {FORMAT_VERSION})"
+            )
+        table_path = path / _TABLE_FILE
+        if table_path.is_file():
+            cells = pd.read_parquet(table_path)
+            for column in LIST_COLUMNS:
+                if column in cells:
+                    cells[column] = [_to_id_list(value) for value in cells[column]]
+            if not np.array_equal(cells["row"].to_numpy(), np.arange(len(cells))):
+                raise DataError(table_path, "column 'row' is not 0..N-1 in order")
+        else:
+            cells = _empty_table()
+        return cls(path, meta, cells)
+
+    # ----------------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def __repr__(self) -> str:
+        return (f"CellStore({str(self.path)!r}, cells={len(self)}, crop_size={self.crop_size}, "
+                f"channels={self.channels})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps would be pickled as full copies: drop them and re-map in the new process.
+        state = dict(self.__dict__)
+        state["_chunks"] = {}
+        return state
+
+    @property
+    def cells(self) -> pd.DataFrame:
+        """The cell table, one row per cell, in crop-array order (treat as read-only)."""
+        return self._cells
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.meta["crop_size"])
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.meta["channels"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.meta["chunk_size"])
+
+    @property
+    def scheme(self) -> ClassScheme:
+        return get_scheme(self.meta["scheme"])
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """``(C, S, S)``."""
+        return (len(self.channels), self.crop_size, self.crop_size)
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.path / _CHUNK_DIR / f"chunk-{index:06d}.npy"
+
+    def _chunk(self, index: int) -> np.ndarray:
+        chunk = self._chunks.get(index)
+        if chunk is None:
+            path = self._chunk_path(index)
+            try:
+                chunk = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as error:
+                raise DataError(path, f"unreadable crop chunk ({error})") from error
+            if chunk.dtype != np.uint8 or chunk.shape[1:] != self.crop_shape:
+                raise DataError(path, f"chunk holds {chunk.dtype} {chunk.shape}, expected uint8 "
+                                      f"[n, {', '.join(map(str, self.crop_shape))}]")
+            self._chunks[index] = chunk
+        return chunk
+
+    def get_crops(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Crops of the given rows, in the order given (repeats allowed).
+
+        Parameters
+        ----------
+        rows : int array-like ``[n]``
+            Values of the ``row`` column, ``0 <= row < len(store)``.
+
+        Returns
+        -------
+        uint8 ``[n, C, S, S]``
+        """
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+            raise TypeError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        rows = rows.astype(np.int64, copy=False)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows must lie in 0..{len(self) - 1}, got {rows.min()}..{rows.max()}")
+        out = np.empty((len(rows), *self.crop_shape), dtype=np.uint8)
+        chunk_of_row = rows // self.chunk_size
+        order = np.argsort(chunk_of_row, kind="stable")
+        chunks, starts = np.unique(chunk_of_row[order], return_index=True)
+        for chunk_index, positions in zip(chunks, np.split(order, starts[1:])):
+            local = rows[positions] - chunk_index * self.chunk_size
+            out[positions] = self._chunk(int(chunk_index))[local]
+        return out
+
+    # ----------------------------------------------------------------------- writing
+
+    def append(self, cells: pd.DataFrame, crops: np.ndarray) -> np.ndarray:
+        """Add cells and their crops; returns the ``row`` values they were given, int64 ``[n]``.
+
+        Parameters
+        ----------
+        cells : DataFrame
+            One row per crop, with at least ``cell_id`` (unique, also against the store) and
+            ``image_id``. A ``row`` column, if any, is replaced.
+        crops : uint8 ``[n, C, S, S]``
+
+        The chunks are written before the table that references them, each through
+        :func:`~hpa_embed.io.atomic_path`, so an exception or a crash at any point leaves the
+        store as it was before the call.
+        """
+        crops = np.asarray(crops)
+        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != self.crop_shape:
+            raise ValueError(f"crops must be uint8 [n, {', '.join(map(str, self.crop_shape))}], "
+                             f"got {crops.dtype} {crops.shape}")
+        if len(cells) != len(crops):
+            raise ValueError(f"{len(cells)} table rows but {len(crops)} crops")
+        missing = {"cell_id", "image_id"} - set(cells.columns)
+        if missing:
+            raise ValueError(f"the cell table lacks column(s) {sorted(missing)}")
+        if cells["cell_id"].duplicated().any():
+            raise ValueError(f"duplicate cell_id in the new cells: "
+                             f"{cells['cell_id'][cells['cell_id'].duplicated()].iloc[0]!r}")
+        clash = set(cells["cell_id"]) & set(self._cells["cell_id"])
+        if clash:
+            raise ValueError(f"{len(clash)} cell_id(s) already in the store, e.g. {sorted(clash)[0]!r}")
+        if len(cells) == 0:
+            return np.empty(0, dtype=np.int64)
+
+        start = len(self)
+        rows = np.arange(start, start + len(cells), dtype=np.int64)
+        self._write_rows(start, crops)
+        new = cells.drop(columns=["row"], errors="ignore").assign(row=rows)
+        table = new if start == 0 else pd.concat([self._cells, new], ignore_index=True)
+        self._write_table(table)
+        return rows
+
+    def set_columns(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        """Replace or add table columns (one value per cell), atomically; crops are untouched."""
+        for name in columns:
+            if name in ("row", "cell_id"):
+                raise ValueError(f"column {name!r} is managed by the store and cannot be set")
+        table = self._cells.assign(**{name: list(values) for name, values in columns.items()})
+        self._write_table(table)
+
+    def _write_rows(self, start: int, crops: np.ndarray) -> None:
+        written = 0
+        while written < len(crops):
+            position = start + written
+            chunk_index, offset = divmod(position, self.chunk_size)
+            take = min(self.chunk_size - offset, len(crops) - written)
+            part = crops[written : written + take]
+            if offset:
+                # Keep the committed rows of a partial chunk; rows past them are uncommitted leftovers.
+                kept = self._chunk(chunk_index)
+                if len(kept) < offset:
+                    raise DataError(self._chunk_path(chunk_index),
+                                    f"chunk holds {len(kept)} rows, the table expects {offset}")
+                part = np.concatenate([kept[:offset], part])
+            path = self._chunk_path(chunk_index)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, np.ascontiguousarray(part))
+                _fsync(tmp)
+            self._chunks.pop(chunk_index, None)
+            written += take
+
+    def _write_table(self, table: pd.DataFrame) -> None:
+        with atomic_path(self.path / _TABLE_FILE) as tmp:
+            table.to_parquet(tmp, index=False)
+            _fsync(tmp)
+        self._cells = table

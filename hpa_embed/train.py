@@ -1,0 +1,722 @@
+"""Training: ``fit`` (history, checkpoints, exact resume, DDP) and the LR finder.
+
+A run directory holds::
+
+    <run>/config.toml                the model, loss, data and train configs of the run
+    <run>/history.csv, history.json  one row per epoch: losses per component, accuracy, macro AP
+    <run>/checkpoints/last/          model.safetensors + config.json + trainer_state.safetensors
+    <run>/checkpoints/best/          the epoch with the lowest validation loss
+
+Every file is written atomically; ``fit(..., resume=True)`` continues from ``checkpoints/last``
+exactly where the run stopped (same batches, same augmentation, same weights as an
+uninterrupted run). Under ``torchrun`` the same ``fit`` trains with DistributedDataParallel
+(gloo on CPU, NCCL on GPU); rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, write_config_file
+from .crops import select_cells
+from .data import BalancedBatchSampler, CellDataset, ShuffledBatchSampler, augment_batch, make_loader
+from .io import DataError, atomic_path
+from .losses import CombinedLoss, primary_labels
+from .models import (
+    CellEmbeddingModel,
+    create_model,
+    load_checkpoint,
+    load_state,
+    preprocess,
+    save_checkpoint,
+)
+from .models.checkpoint import STATE_FILE
+from .store import CellStore
+
+__all__ = ["FitResult", "fit", "LRFinderResult", "lr_find", "DistributedContext", "distributed_context"]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands: ``rank`` of ``world_size`` processes, on ``device``."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_context(device: str = "auto") -> DistributedContext:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), else run alone.
+
+    The backend is NCCL on CUDA and gloo on the CPU. ``device``: ``"auto"`` (CUDA when there is
+    one), ``"cpu"`` or ``"cuda"``; a CUDA process takes the GPU of its ``LOCAL_RANK``.
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return DistributedContext(rank, world_size, torch.device("cuda", local_rank))
+    return DistributedContext(rank, world_size, torch.device("cpu"))
+
+
+def _all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if context.world_size > 1:
+        values = values.to(context.device)
+        dist.all_reduce(values)
+    return values.cpu()
+
+
+def _all_gather_rows(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Concatenate equal-shaped ``[n, ...]`` tensors from every rank (rank order)."""
+    if context.world_size == 1:
+        return tensor
+    tensor = tensor.to(context.device).contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(context.world_size)]
+    dist.all_gather(parts, tensor)
+    return torch.cat([part.cpu() for part in parts])
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class _Split:
+    dataset: CellDataset
+    y_primary: np.ndarray  # int [N]: the class balanced sampling draws by
+    class_counts: np.ndarray  # int [K]
+
+
+def _load_split(store: CellStore, data: DataConfig, model: ModelConfig, split: str) -> _Split | None:
+    rows, targets = select_cells(store.cells, data.label_mode, store.scheme, split=split)
+    if len(rows) == 0:
+        return None
+    num_classes = model.num_classes
+    if targets.ndim == 1:
+        counts = np.bincount(targets, minlength=num_classes)
+        primary = targets
+    else:
+        counts = targets.sum(axis=0)
+        primary = primary_labels(targets, counts)
+    dataset = CellDataset(store, rows, targets, channels=model.channels)
+    return _Split(dataset, np.asarray(primary), counts)
+
+
+def _check_compatible(store: CellStore, model: ModelConfig, loss: LossConfig, data: DataConfig) -> None:
+    if store.crop_size != model.crop_size:
+        raise DataError(
+            store.path,
+            f"the store holds {store.crop_size} px crops but the model "
+            f"config says crop_size={model.crop_size}",
+        )
+    if store.scheme.num_classes != model.num_classes:
+        raise DataError(
+            store.path,
+            f"the store uses {store.scheme.name} ({store.scheme.num_classes} "
+            f"classes) but the model has {model.num_classes}",
+        )
+    if loss.classification == "ce" and data.label_mode != "single_label":
+        raise ValueError(
+            f"classification='ce' needs single-label targets; label_mode="
+            f"{data.label_mode!r} gives multi-hot ones (use 'bce' or 'focal')"
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _create_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on biases and normalisation parameters
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr)
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)
+
+
+def _create_scheduler(optimizer, train: TrainConfig, total_steps: int):
+    if train.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total_steps)
+    if train.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps, eta_min=train.lr * 1e-3
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _autocast(train: TrainConfig, device: torch.device):
+    """The autocast context for the configured precision (a no-op for float32)."""
+    precision = train.precision
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext(), False
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
+
+
+def _set_batchnorm_frozen(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def _wrap(model: CellEmbeddingModel, context: DistributedContext) -> nn.Module:
+    if context.world_size == 1:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def _forward_loss(
+    network,
+    criterion,
+    crops,
+    targets,
+    model_config,
+    device,
+    train,
+    augment_generator,
+    data: DataConfig,
+    augment: bool,
+):
+    """Preprocess (and augment) a batch of uint8 crops, run the network, compute the loss."""
+    x = preprocess(crops.to(device, non_blocking=True), model_config)
+    if augment:
+        x = augment_batch(x, augment_generator, data.intensity_jitter)
+    if train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast, _ = _autocast(train, device)
+    with autocast:
+        output = network(x)
+    output = type(output)(*(t.float() for t in output))
+    total, parts = criterion(output, targets.to(device))
+    return output, total, parts
+
+
+_COMPONENTS = ("cls", "metric", "total")
+
+
+def _train_epoch(
+    network,
+    model,
+    criterion,
+    optimizer,
+    scheduler,
+    scaler,
+    loader,
+    model_config,
+    train,
+    data,
+    context,
+    epoch,
+    progress,
+) -> dict[str, float]:
+    network.train()
+    if train.batchnorm == "frozen":
+        _set_batchnorm_frozen(model)
+    generator = torch.Generator().manual_seed(train.seed * 1_000_003 + epoch * 7919 + context.rank)
+    sums = torch.zeros(len(_COMPONENTS) + 2, dtype=torch.float64)  # components, triplets, cells
+    started = time.perf_counter()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{train.epochs}",
+        disable=not (progress and context.is_main),
+        leave=False,
+        unit="batch",
+    )
+    for crops, targets in bar:
+        optimizer.zero_grad(set_to_none=True)
+        _, total, parts = _forward_loss(
+            network,
+            criterion,
+            crops,
+            targets,
+            model_config,
+            context.device,
+            train,
+            generator,
+            data,
+            augment=data.augment,
+        )
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        if train.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        n = len(crops)
+        sums[:3] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * n
+        sums[3] += parts["triplets"]
+        sums[4] += n
+    sums = _all_reduce_sum(sums, context)
+    cells = max(sums[4].item(), 1)
+    seconds = time.perf_counter() - started
+    row = {f"train_{name}": sums[i].item() / cells for i, name in enumerate(_COMPONENTS)}
+    row["train_triplets_per_batch"] = sums[3].item() / max(len(loader), 1) / context.world_size
+    row["train_cells_per_s"] = cells / seconds
+    return row
+
+
+@torch.inference_mode()
+def _evaluate(
+    network, model, criterion, split: _Split, model_config, train, data, context
+) -> dict[str, float]:
+    """Validation losses (per component), accuracy and macro AP over a whole split."""
+    from sklearn.metrics import average_precision_score
+
+    network.eval()
+    dataset = split.dataset
+    sampler = ShuffledBatchSampler(
+        len(dataset),
+        data.eval_batch_size * context.world_size,
+        shuffle=False,
+        drop_last=False,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+    logits_parts, index_parts = [], []
+    sums = torch.zeros(len(_COMPONENTS) + 1, dtype=torch.float64)
+    for indices in sampler:
+        crops, targets = dataset.__getitems__(indices)
+        output, _, parts = _forward_loss(
+            network, criterion, crops, targets, model_config, context.device, train, None, data, augment=False
+        )
+        sums[:3] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * len(indices)
+        sums[3] += len(indices)
+        logits_parts.append(output.logits.float().cpu())
+        index_parts.append(torch.as_tensor(indices))
+    sums = _all_reduce_sum(sums, context)
+    logits = torch.cat(logits_parts)
+    index = torch.cat(index_parts)
+    if context.world_size > 1:  # every rank got batches of equal size; drop the padding repeats
+        logits, index = _all_gather_rows(logits, context), _all_gather_rows(index, context)
+        index, first = np.unique(index.numpy(), return_index=True)
+        logits = logits[first]
+    else:
+        order = np.argsort(index.numpy())
+        logits = logits[order]
+    targets = dataset.targets.numpy()
+    if dataset.multi_label:
+        scores = torch.sigmoid(logits).numpy()
+        Y = targets.astype(bool)
+        accuracy = float(Y[np.arange(len(Y)), scores.argmax(1)].mean())
+    else:
+        scores = torch.softmax(logits, 1).numpy()
+        Y = np.eye(model_config.num_classes, dtype=bool)[targets]
+        accuracy = float((scores.argmax(1) == targets).mean())
+    present = Y.any(axis=0)
+    macro_ap = float(
+        np.mean([average_precision_score(Y[:, k], scores[:, k]) for k in np.flatnonzero(present)])
+    )
+    cells = max(sums[3].item(), 1)
+    row = {f"val_{name}": sums[i].item() / cells for i, name in enumerate(_COMPONENTS)}
+    row.update(val_accuracy=accuracy, val_macro_ap=macro_ap)
+    return row
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    history : pandas.DataFrame
+        One row per epoch (also ``<run>/history.csv``).
+    checkpoint : Path
+        The best checkpoint (lowest validation loss; the last one when there is no validation split).
+    model : CellEmbeddingModel
+        The model after the last epoch, in eval mode.
+    """
+
+    history: pd.DataFrame
+    checkpoint: Path
+    model: CellEmbeddingModel
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    frame = pd.DataFrame(history)
+    with atomic_path(out / "history.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    with atomic_path(out / "history.json") as tmp:
+        tmp.write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+
+
+def _config_dicts(configs: dict) -> dict[str, dict]:
+    return {section: config.to_dict() for section, config in configs.items()}
+
+
+def fit(
+    store: CellStore | str | os.PathLike,
+    out: str | os.PathLike,
+    model: ModelConfig | None = None,
+    loss: LossConfig | None = None,
+    data: DataConfig | None = None,
+    train: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train a cell embedding model on a CellStore.
+
+    Parameters
+    ----------
+    store : CellStore or path
+        Cells with a ``split`` column (``train`` is trained on, ``val`` validated on).
+    out : path
+        The run directory (see the module docstring).
+    model, loss, data, train : configs
+        Defaults: ResNet-50, 4 channels; CE + semi-hard triplet; single-label cells; 10 epochs.
+    resume : bool
+        Continue from ``<out>/checkpoints/last`` exactly where it stopped (refused when its
+        configs differ from these: to train longer, start a new run from the checkpoint).
+        Without it, an existing run in ``out`` is refused rather than overwritten.
+    progress : bool
+        Show a tqdm bar per epoch.
+    """
+    model_config = model or ModelConfig()
+    loss_config = loss or LossConfig()
+    data_config = data or DataConfig()
+    train_config = train or TrainConfig()
+    store = store if isinstance(store, CellStore) else CellStore.open(store)
+    out = Path(out)
+    _check_compatible(store, model_config, loss_config, data_config)
+    context = distributed_context(train_config.device)
+    configs = {"model": model_config, "loss": loss_config, "data": data_config, "train": train_config}
+    last = out / "checkpoints" / "last"
+    state = None
+    if resume and (last / STATE_FILE).is_file():
+        state = load_state(last / STATE_FILE)
+        if state["configs"] != _config_dicts(configs):
+            raise ValueError(
+                f"{out}: the run was started with other configs; resume it with the ones "
+                f"in {out / 'config.toml'}"
+            )
+    elif (out / "history.csv").exists() and not resume:
+        raise FileExistsError(
+            f"{out}: a run is already there; pass resume=True (--resume) to continue it "
+            f"or choose another directory"
+        )
+    _seed_everything(train_config.seed)
+
+    training = _load_split(store, data_config, model_config, "train")
+    if training is None:
+        raise DataError(
+            store.path, f"no training cells (split 'train', label_mode={data_config.label_mode!r})"
+        )
+    validation = _load_split(store, data_config, model_config, "val")
+    batch = data_config.batch_size
+    if data_config.sampler == "balanced":
+        batches = data_config.batches_per_epoch or max(1, len(training.dataset) // batch)
+        sampler = BalancedBatchSampler(
+            training.y_primary,
+            data_config.m_per_class,
+            batch,
+            batches,
+            seed=train_config.seed,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+    else:
+        sampler = ShuffledBatchSampler(
+            len(training.dataset),
+            batch,
+            seed=train_config.seed,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+    if len(sampler) == 0:
+        raise DataError(store.path, f"{len(training.dataset)} training cells make no batch of {batch}")
+    loader = make_loader(training.dataset, sampler, data_config.num_workers)
+
+    network_model = create_model(model_config).to(context.device)
+    if train_config.channels_last:
+        network_model = network_model.to(memory_format=torch.channels_last)
+    if context.world_size > 1 and context.device.type == "cuda" and train_config.batchnorm == "train":
+        network_model = nn.SyncBatchNorm.convert_sync_batchnorm(network_model)
+    criterion = CombinedLoss(loss_config, model_config.num_classes, training.class_counts).to(context.device)
+    optimizer = _create_optimizer(network_model, train_config)
+    scheduler = _create_scheduler(optimizer, train_config, train_config.epochs * len(sampler))
+    _, use_scaler = _autocast(train_config, context.device)
+    scaler = torch.amp.GradScaler(context.device.type) if use_scaler else None
+
+    history: list[dict] = []
+    best_loss, bad_epochs, start_epoch = math.inf, 0, 0
+    if state is not None:
+        network_model, _, _ = _restore(network_model, last, context)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        best_loss, bad_epochs, start_epoch = state["best_loss"], state["bad_epochs"], state["epoch"]
+        torch.set_rng_state(state["torch_rng"][context.rank])
+        log.info("resuming %s after epoch %d", out, start_epoch)
+    if context.is_main:
+        write_config_file(out / "config.toml", configs)
+
+    network, frozen = None, None
+    for epoch in range(start_epoch, train_config.epochs):
+        if bad_epochs >= (train_config.early_stopping_patience or math.inf):
+            break
+        want_frozen = epoch < train_config.freeze_backbone_epochs
+        if want_frozen != frozen:  # DDP must be rebuilt when the set of trained parameters changes
+            network_model.freeze_backbone(want_frozen)
+            network, frozen = _wrap(network_model, context), want_frozen
+        sampler.set_epoch(epoch)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "backbone_frozen": want_frozen}
+        row.update(
+            _train_epoch(
+                network,
+                network_model,
+                criterion,
+                optimizer,
+                scheduler,
+                scaler,
+                loader,
+                model_config,
+                train_config,
+                data_config,
+                context,
+                epoch,
+                progress,
+            )
+        )
+        if validation is not None:
+            row.update(
+                _evaluate(
+                    network,
+                    network_model,
+                    criterion,
+                    validation,
+                    model_config,
+                    train_config,
+                    data_config,
+                    context,
+                )
+            )
+        monitored = row.get("val_total", row["train_total"])
+        improved = monitored < best_loss
+        best_loss, bad_epochs = (monitored, 0) if improved else (best_loss, bad_epochs + 1)
+        history.append(row)
+        log.info(
+            "epoch %d: %s",
+            epoch + 1,
+            ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+        )
+        rng_states = _all_gather_rows(torch.get_rng_state()[None], context)
+        if context.is_main:
+            extra = {"epoch": epoch + 1, "history": history[-1]}
+            save_checkpoint(
+                last,
+                network_model,
+                model_config,
+                extra=extra,
+                state={
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "best_loss": best_loss,
+                    "bad_epochs": bad_epochs,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "torch_rng": list(rng_states),
+                    "configs": _config_dicts(configs),
+                },
+            )
+            if improved:
+                save_checkpoint(out / "checkpoints" / "best", network_model, model_config, extra=extra)
+            _write_history(out, history)
+        if context.world_size > 1:
+            dist.barrier()
+
+    best = out / "checkpoints" / "best"
+    network_model.eval()
+    return FitResult(pd.DataFrame(history), best if best.exists() else last, network_model)
+
+
+def _restore(model: CellEmbeddingModel, checkpoint: Path, context: DistributedContext):
+    loaded, config, extra = load_checkpoint(checkpoint, map_location=context.device)
+    model.load_state_dict(loaded.state_dict())
+    return model, config, extra
+
+
+# --------------------------------------------------------------------------- LR finder
+
+
+@dataclass
+class LRFinderResult:
+    """An LR sweep: ``lrs`` and smoothed ``losses`` (float ``[n]``) and the suggested LR."""
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    suggestion: float
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Save the loss-vs-LR curve (log x axis, suggestion marked) as PNG."""
+        from matplotlib.figure import Figure
+
+        from .visualise import save_figure
+
+        figure = Figure(figsize=(6, 4))
+        axes = figure.add_subplot()
+        axes.plot(self.lrs, self.losses, color="#4c72b0")
+        axes.set_xscale("log")
+        axes.axvline(
+            self.suggestion, color="#c44e52", linestyle="--", label=f"steepest descent: {self.suggestion:.2e}"
+        )
+        axes.set_xlabel("learning rate")
+        axes.set_ylabel("training loss (smoothed)")
+        axes.set_title("LR finder")
+        axes.legend()
+        return save_figure(figure, path)
+
+
+def suggest_lr(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """The LR of steepest descent of the smoothed loss (per unit of log LR).
+
+    The first and last tenths of the sweep are ignored: the start is flat noise and the end
+    is where the loss diverges.
+    """
+    n = len(lrs)
+    if n < 3:
+        raise ValueError("an LR sweep needs at least 3 points")
+    lo, hi = n // 10, max(n - n // 10, n // 10 + 2)
+    gradient = np.gradient(losses[lo:hi], np.log(lrs[lo:hi]))
+    return float(lrs[lo + int(np.argmin(gradient))])
+
+
+def lr_find(
+    store: CellStore | str | os.PathLike,
+    model: ModelConfig | None = None,
+    loss: LossConfig | None = None,
+    data: DataConfig | None = None,
+    train: TrainConfig | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 200,
+    smoothing: float = 0.98,
+    diverge: float = 4.0,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> LRFinderResult:
+    """Exponential LR sweep (fastai's LR range test) on the training split.
+
+    The LR grows from ``start_lr`` to ``end_lr`` over ``num_steps`` batches; the loss is
+    smoothed with an exponential moving average (bias-corrected) and the sweep stops once it
+    exceeds ``diverge`` times its best value. With ``out``, the curve is saved as
+    ``<out>/lr_find.png`` and the numbers as ``<out>/lr_find.csv``.
+    """
+    model_config = model or ModelConfig()
+    loss_config = loss or LossConfig()
+    data_config = data or DataConfig()
+    train_config = train or TrainConfig()
+    store = store if isinstance(store, CellStore) else CellStore.open(store)
+    _check_compatible(store, model_config, loss_config, data_config)
+    _seed_everything(train_config.seed)
+    device = distributed_context(train_config.device).device
+    training = _load_split(store, data_config, model_config, "train")
+    if training is None:
+        raise DataError(store.path, "no training cells")
+    sampler = ShuffledBatchSampler(len(training.dataset), data_config.batch_size, seed=train_config.seed)
+    network = create_model(model_config).to(device)
+    criterion = CombinedLoss(loss_config, model_config.num_classes, training.class_counts).to(device)
+    optimizer = _create_optimizer(network, train_config)
+    factor = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
+    network.train()
+    generator = torch.Generator().manual_seed(train_config.seed)
+    lrs, losses = [], []
+    average, best, step = 0.0, math.inf, 0
+    bar = tqdm(total=num_steps, desc="lr-find", disable=not progress, leave=False)
+    epoch = 0
+    while step < num_steps:
+        sampler.set_epoch(epoch)
+        for indices in sampler:
+            lr = start_lr * factor**step
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            crops, targets = training.dataset.__getitems__(indices)
+            optimizer.zero_grad(set_to_none=True)
+            _, total, _ = _forward_loss(
+                network,
+                criterion,
+                crops,
+                targets,
+                model_config,
+                device,
+                train_config,
+                generator,
+                data_config,
+                augment=data_config.augment,
+            )
+            total.backward()
+            optimizer.step()
+            average = smoothing * average + (1 - smoothing) * total.item()
+            smoothed = average / (1 - smoothing ** (step + 1))
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            step += 1
+            bar.update()
+            if step >= num_steps or not math.isfinite(smoothed) or smoothed > diverge * best:
+                step = num_steps
+                break
+        epoch += 1
+    bar.close()
+    result = LRFinderResult(np.array(lrs), np.array(losses), suggest_lr(np.array(lrs), np.array(losses)))
+    if out is not None:
+        out = Path(out)
+        with atomic_path(out / "lr_find.csv") as tmp:
+            pd.DataFrame({"lr": result.lrs, "loss": result.losses}).to_csv(tmp, index=False)
+        result.plot(out / "lr_find.png")
+    log.info("LR finder suggests %.3g", result.suggestion)
+    return result

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from hpa_embed.crops import select_cells
+from hpa_embed.data import BalancedBatchSampler, CellDataset, ShuffledBatchSampler, augment_batch, make_loader
+from hpa_embed.labels import RGB_CHANNELS
+from hpa_embed.store import CellStore
+
+
+def test_dataset_reads_batches_and_selects_channels(tiny_store_path):
+    store = CellStore.open(tiny_store_path)
+    rows, Y = select_cells(store.cells, "image_labels", split="train")
+    dataset = CellDataset(store, rows, Y)
+    crops, targets = dataset.__getitems__([3, 0, 3])
+    assert crops.dtype == torch.uint8 and crops.shape == (3, 4, 32, 32)
+    np.testing.assert_array_equal(crops.numpy(), store.get_crops(rows[[3, 0, 3]]))
+    assert targets.dtype == torch.float32 and torch.equal(targets[0], torch.from_numpy(Y[3]).float())
+    rgb = CellDataset(store, rows, Y, channels=RGB_CHANNELS)
+    np.testing.assert_array_equal(rgb[5][0].numpy(), store.get_crops(rows[[5]])[0, :3])
+    with pytest.raises(ValueError, match="targets"):
+        CellDataset(store, rows, Y[:-1])
+
+
+def test_loader_yields_sampler_batches(tiny_store_path):
+    store = CellStore.open(tiny_store_path)
+    rows, y = select_cells(store.cells, "single_label", split="train")
+    dataset = CellDataset(store, rows, y)
+    sampler = ShuffledBatchSampler(len(dataset), 8, seed=3)
+    batches = list(make_loader(dataset, sampler))
+    assert len(batches) == len(dataset) // 8
+    order = np.concatenate(list(sampler))
+    np.testing.assert_array_equal(torch.cat([t for _, t in batches]).numpy(), y[order])
+
+
+def test_augmentation_only_moves_pixels_and_scales_all_channels_alike():
+    x = torch.rand(16, 4, 8, 8)
+    out = augment_batch(x, torch.Generator().manual_seed(0), intensity_jitter=0.2)
+    for before, after in zip(x, out):
+        ratio = after.sum(dim=(1, 2)) / before.sum(dim=(1, 2))
+        # one brightness factor per cell, shared by the channels, within the jitter range
+        assert torch.allclose(ratio, ratio[0].expand(4), rtol=1e-5)
+        assert 0.8 - 1e-6 <= ratio[0] <= 1.2 + 1e-6
+        # orientation changes permute pixels: sorted values are the scaled originals
+        assert torch.allclose(
+            after.flatten(1).sort().values, (before * ratio[0]).flatten(1).sort().values, atol=1e-6
+        )
+    still = augment_batch(x, torch.Generator().manual_seed(0), intensity_jitter=0.0)
+    # flips and 90-degree turns cover the 8 orientations; each output is one of them
+    for before, after in zip(x, still):
+        views = [torch.rot90(v, k, (-2, -1)) for v in (before, before.flip(-1)) for k in range(4)]
+        assert any(torch.equal(after, view) for view in views)
+    again = augment_batch(x, torch.Generator().manual_seed(0), intensity_jitter=0.2)
+    assert torch.equal(out, again)
+
+
+def test_balanced_sampler_batches_are_class_balanced_and_seeded():
+    labels = np.repeat(np.arange(6), [3, 10, 10, 10, 10, 10])
+    sampler = BalancedBatchSampler(labels, m=2, batch_size=8, num_batches=5, seed=1)
+    batches = list(sampler)
+    assert len(batches) == 5
+    for batch in batches:
+        counts = np.bincount(labels[batch], minlength=6)
+        assert sorted(counts[counts > 0]) == [2, 2, 2, 2]
+    assert list(sampler) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    sampler.set_epoch(0)
+    halves = [list(BalancedBatchSampler(labels, 2, 8, 5, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == batches
+    with pytest.raises(ValueError, match="needs 4 classes"):
+        BalancedBatchSampler(np.repeat([0, 1], 5), m=2, batch_size=8, num_batches=1)
+
+
+def test_shuffled_sampler_pads_last_batch_across_ranks():
+    full = list(ShuffledBatchSampler(10, 4, shuffle=False, drop_last=False))
+    assert full == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    ranks = [
+        list(ShuffledBatchSampler(10, 4, shuffle=False, drop_last=False, rank=r, world_size=2))
+        for r in (0, 1)
+    ]
+    assert ranks[0][-1] == [8, 9] and ranks[1][-1] == [0, 1]
+    assert sorted(set(sum(ranks[0] + ranks[1], []))) == list(range(10))

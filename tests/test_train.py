@@ -1,0 +1,171 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import hpa_embed.train as train_module
+from hpa_embed.config import DataConfig, LossConfig, ModelConfig, TrainConfig, read_config_file
+from hpa_embed.models import load_checkpoint
+from hpa_embed.train import fit, lr_find, suggest_lr
+
+SMALL = ModelConfig(arch="resnet18", in_chans=4, crop_size=32, embedding_dim=16)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "loss,label_mode",
+    [
+        (LossConfig(classification="ce", metric=None), "single_label"),
+        (LossConfig(classification="ce", miner="semihard"), "single_label"),
+        (LossConfig(classification="focal", miner="hard", class_weights="effective_number"), "image_labels"),
+        (LossConfig(classification="bce", miner="all"), "true_labels"),
+    ],
+    ids=["ce", "ce+triplet", "focal+triplet", "bce+triplet-multilabel"],
+)
+def test_fit_trains_and_logs_every_component(tiny_store_path, tmp_path, loss, label_mode):
+    data = DataConfig(label_mode=label_mode, batch_size=8, m_per_class=2, batches_per_epoch=3)
+    result = fit(tiny_store_path, tmp_path, SMALL, loss, data, TrainConfig(epochs=2, lr=3e-4), progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    for column in ("train_cls", "train_metric", "train_total", "val_total", "val_accuracy", "val_macro_ap"):
+        assert np.isfinite(history[column]).all(), column
+    expected = loss.w_cls * history["train_cls"] + loss.w_metric * history["train_metric"]
+    np.testing.assert_allclose(history["train_total"], expected, rtol=1e-5)
+    if loss.metric:
+        assert (history["train_triplets_per_batch"] > 0).all()
+    else:
+        assert (history["train_metric"] == 0).all()
+    assert 0 <= history["val_macro_ap"].min() and history["val_macro_ap"].max() <= 1
+    # the checkpoint rebuilds the trained model
+    model, config, extra = load_checkpoint(tmp_path / "checkpoints" / "last")
+    assert config == SMALL and extra["epoch"] == 2
+    for name, tensor in weights(result.model).items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    assert set(read_config_file(tmp_path / "config.toml")) == {"model", "loss", "data", "train"}
+
+
+def test_fit_refuses_mismatches(tiny_store_path, tmp_path):
+    with pytest.raises(ValueError, match="classification='ce' needs single-label"):
+        fit(
+            tiny_store_path,
+            tmp_path,
+            SMALL,
+            LossConfig(classification="ce"),
+            DataConfig(label_mode="image_labels"),
+        )
+    with pytest.raises(Exception, match="32 px crops but the model config says crop_size=64"):
+        fit(tiny_store_path, tmp_path, ModelConfig(arch="resnet18", crop_size=64))
+
+
+def test_resume_continues_exactly(tiny_store_path, tmp_path, monkeypatch):
+    configs = dict(
+        model=SMALL,
+        loss=LossConfig(classification="bce", miner="semihard"),
+        data=DataConfig(label_mode="true_labels", batch_size=8, m_per_class=2, batches_per_epoch=3),
+        train=TrainConfig(epochs=3, lr=1e-3, seed=3),
+    )
+    straight = fit(tiny_store_path, tmp_path / "straight", progress=False, **configs)
+
+    real_epoch, calls = train_module._train_epoch, []
+
+    def crash_in_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_store_path, tmp_path / "resumed", progress=False, **configs)
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    assert len(pd.read_csv(tmp_path / "resumed" / "history.csv")) == 2
+    with pytest.raises(FileExistsError, match="resume=True"):
+        fit(tiny_store_path, tmp_path / "resumed", progress=False, **configs)
+    resumed = fit(tiny_store_path, tmp_path / "resumed", resume=True, progress=False, **configs)
+
+    for name, tensor in weights(straight.model).items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    pd.testing.assert_frame_equal(
+        straight.history.drop(columns=["train_cells_per_s"]),
+        resumed.history.drop(columns=["train_cells_per_s"]),
+    )
+    with pytest.raises(ValueError, match="started with other configs"):
+        fit(
+            tiny_store_path,
+            tmp_path / "resumed",
+            resume=True,
+            progress=False,
+            **{**configs, "train": TrainConfig(epochs=3, lr=1e-2, seed=3)},
+        )
+
+
+def test_two_process_ddp_matches_one_process(tiny_store_path, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ddp_fit_script as script
+
+    single = fit(
+        tiny_store_path,
+        tmp_path / "single",
+        script.MODEL,
+        script.LOSS,
+        script.DATA,
+        script.TRAIN,
+        progress=False,
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(Path(script.__file__)),
+            str(tiny_store_path),
+            str(tmp_path / "ddp"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    ddp, _, _ = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last")
+    for name, tensor in weights(single.model).items():
+        torch.testing.assert_close(ddp.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    ddp_history = pd.read_csv(tmp_path / "ddp" / "history.csv")
+    np.testing.assert_allclose(ddp_history["train_total"], single.history["train_total"], rtol=1e-4)
+    np.testing.assert_allclose(ddp_history["val_macro_ap"], single.history["val_macro_ap"], rtol=1e-4)
+
+
+def test_lr_find_sweeps_and_plots(tiny_store_path, tmp_path):
+    result = lr_find(
+        tiny_store_path,
+        SMALL,
+        LossConfig(classification="bce"),
+        DataConfig(label_mode="true_labels", batch_size=8),
+        start_lr=1e-5,
+        end_lr=1.0,
+        num_steps=12,
+        out=tmp_path,
+        progress=False,
+    )
+    assert 2 <= len(result.lrs) <= 12
+    np.testing.assert_allclose(result.lrs[:2], [1e-5, 1e-5 * 10 ** (5 / 11)], rtol=1e-6)
+    assert result.lrs[0] <= result.suggestion <= result.lrs[-1]
+    assert (tmp_path / "lr_find.png").stat().st_size > 5000
+    assert len(pd.read_csv(tmp_path / "lr_find.csv")) == len(result.lrs)
+
+
+def test_suggest_lr_is_steepest_descent():
+    lrs = np.logspace(-6, 0, 61)
+    # loss falls fastest (per log-LR) at 1e-3, then rises
+    losses = 2 - np.tanh(np.log10(lrs) + 3) + 0.5 * np.maximum(np.log10(lrs) + 1, 0) ** 2
+    assert suggest_lr(lrs, losses) == pytest.approx(1e-3)
