@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = [{i: kaggle_encode(coco_mask, mask == i) for i in e} for e, (_, mask, _) in
                      zip(encoded, predicted)]
         coco_s = time.perf_counter() - start
-        same = sum(reference_rle == e[i] for e, r in zip(encoded, reference) for i, reference_rle in r.items())
+        same = sum(rle == e[i] for e, r in zip(encoded, reference) for i, rle in r.items())
         line += f"   | pycocotools per cell: {coco_s:.2f} s; byte-identical {same}/{n_masks}"
     else:
         line += "   | pycocotools not installed: no baseline"
@@ -139,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         back = read_submission(path)
         read_s = time.perf_counter() - start
+    columns = ["image_id", "label", "confidence", "rle"]
+    identical = back.predictions[columns].equals(submission.predictions[columns])
     print(f"submission: {len(submission.predictions)} predictions, build {build_s:.2f} s, "
           f"write {write_s:.2f} s ({size_mb:.1f} MB), read+check {read_s:.2f} s, "
-          f"identical after reading: {back.predictions[['label', 'confidence', 'rle']].equals(submission.predictions[['label', 'confidence', 'rle']])}")
+          f"identical after reading: {identical}")
     start = time.perf_counter()
     result = competition_map(back, truth, progress=False)
     metric_s = time.perf_counter() - start

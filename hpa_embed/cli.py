@@ -133,6 +133,15 @@ def _run_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_embed(args: argparse.Namespace) -> int:
+    from .embed import embed
+
+    result = embed(args.checkpoint, args.store, out=args.out, split=args.split, batch_size=args.batch_size,
+                   device=args.device, progress=not args.no_progress)
+    print(f"wrote {len(result)} embeddings of dimension {result.X.shape[1]} to {args.out}")
+    return 0
+
+
 def _run_checkpoint_info(args: argparse.Namespace) -> int:
     from .models.checkpoint import describe_checkpoint
 
@@ -311,6 +320,21 @@ def get_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--steps", type=int, default=200)
     lr_find.add_argument("--no-progress", action="store_true", help="no progress bar")
     lr_find.set_defaults(run=_run_lr_find)
+
+    embed = commands.add_parser(
+        "embed", help="embed the cells of a CellStore with a trained checkpoint",
+        description="Write <out>/embeddings.npy (float32 [N, D], L2-normalised), <out>/cells.parquet "
+        "(the store's rows in the same order) and <out>/embed.json. Under torchrun each process "
+        "embeds a shard.",
+    )
+    embed.add_argument("checkpoint", help="checkpoint directory (e.g. runs/a/checkpoints/best)")
+    embed.add_argument("--store", required=True, help="the CellStore directory")
+    embed.add_argument("--out", required=True, help="the embeddings directory")
+    embed.add_argument("--split", choices=("train", "val", "test"), help="only this split")
+    embed.add_argument("--batch-size", type=int, default=128)
+    embed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    embed.set_defaults(run=_run_embed)
 
     info = commands.add_parser("checkpoint-info", help="describe a checkpoint directory")
     info.add_argument("checkpoint", help="checkpoint directory (model.safetensors + config.json)")

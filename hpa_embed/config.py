@@ -140,7 +140,8 @@ class ModelConfig(_Config):
     pretrained : str or None
         None (random initialisation), ``"torchvision"`` (torchvision's default weights for
         ``arch``; downloads when not cached, so only when asked and a network exists) or the
-        path of a local torchvision state dict (``.pth``/``.pt``/``.safetensors``).
+        path of a local torchvision state dict (``.pth``/``.pt``/``.safetensors``) or of a
+        hpa_embed checkpoint directory (its backbone is used).
     crop_size : int
         Side S of the square cell crops the model is trained on.
     channels : tuple of str

@@ -41,7 +41,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .io import DataError, LabelTable, list_field_ids, read_field, read_labels, read_mask
+from .io import DataError, LabelTable, find_mask_file, list_field_ids, read_field, read_labels, read_mask
 from .labels import CHANNELS, HPA2021, ClassScheme, get_scheme
 from .store import CellStore
 
@@ -56,7 +56,6 @@ __all__ = [
     "assign_splits",
     "select_cells",
     "SPLITS",
-    "MASK_SUFFIXES",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,6 @@ log = logging.getLogger(__name__)
 #: Split names, in the order of the ``fractions`` given to :func:`assign_splits`.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Mask file suffixes looked for, in order: ``<ID>_cellmask.png`` then ``<ID>_cellmask.npz``.
-MASK_SUFFIXES: tuple[str, ...] = (".png", ".npz")
 #: The IoU a predicted cell needs with a true cell to inherit its labels.
 MATCH_IOU = 0.5
 _NORMALISATIONS = ("field_percentile", "none")
@@ -318,15 +316,6 @@ def match_cells(cell_mask: np.ndarray, true_mask: np.ndarray, min_iou: float = M
 # --------------------------------------------------------------------------- a directory of fields
 
 
-def _mask_path(masks_dir: Path, image_id: str, kind: str) -> Path:
-    for suffix in MASK_SUFFIXES:
-        path = masks_dir / f"{image_id}_{kind}{suffix}"
-        if path.is_file():
-            return path
-    raise DataError(masks_dir / f"{image_id}_{kind}{MASK_SUFFIXES[0]}",
-                    f"missing {kind} of field {image_id!r}")
-
-
 def _read_mask_for(path: Path, shape: tuple[int, ...], field_dir: Path, image_id: str) -> np.ndarray:
     mask = read_mask(path)
     if mask.shape != shape:
@@ -351,14 +340,14 @@ def _crop_field(job: _FieldJob) -> tuple[str, pd.DataFrame | None, np.ndarray | 
     try:
         image = read_field(job.images_dir, job.image_id, job.config.channels)
         shape = image.shape[1:]
-        cell_mask = _read_mask_for(_mask_path(job.masks_dir, job.image_id, "cellmask"), shape,
+        cell_mask = _read_mask_for(find_mask_file(job.masks_dir, job.image_id, "cellmask"), shape,
                                    job.images_dir, job.image_id)
-        nucleus_mask = _read_mask_for(_mask_path(job.masks_dir, job.image_id, "nucleimask"), shape,
+        nucleus_mask = _read_mask_for(find_mask_file(job.masks_dir, job.image_id, "nucleimask"), shape,
                                       job.images_dir, job.image_id)
         cells, crops = extract_crops(image, cell_mask, nucleus_mask, job.config)
         true_labels: list[list[int] | None] = [None] * len(cells)
         if job.true_masks_dir is not None:
-            true_path = _mask_path(job.true_masks_dir, job.image_id, "cellmask")
+            true_path = find_mask_file(job.true_masks_dir, job.image_id, "cellmask")
             true_mask = _read_mask_for(true_path, shape, job.images_dir, job.image_id)
             matches = match_cells(cell_mask, true_mask)
             true_labels = [job.true_labels.get(int(true_id)) if true_id else None

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .io import DataError, atomic_path, read_mask
 from .labels import HPA2021, ClassScheme
+from .submission import Submission, decode_mask_runs, read_submission
 
 __all__ = [
     "mask_iou",
@@ -247,6 +248,9 @@ class TruthDirectory(Mapping):
         mask_path = self._masks[image_id]
         return ImageTruth(read_mask(mask_path), self._labels.get(image_id, {}))
 
+    def __contains__(self, image_id) -> bool:  # without reading the mask
+        return image_id in self._masks
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)
 
@@ -374,8 +378,6 @@ def _predicted_iou(
     The masks are painted into label masks (a new one only where a mask overlaps one already
     painted, which segmentations never do) so that :func:`mask_iou` scores them all at once.
     """
-    from .submission import decode_mask_runs
-
     layers: list[np.ndarray] = []
     for number, rle in enumerate(rles, 1):
         pixels = _run_pixels(*decode_mask_runs(rle, height, width))
@@ -421,7 +423,7 @@ def _match_image(
 
 
 def competition_map(
-    predictions,
+    predictions: Submission,
     truth: Mapping[str, ImageTruth],
     iou_threshold: float = 0.6,
     num_classes: int = HPA2021.num_classes,
@@ -637,8 +639,8 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def evaluate_submission(
-    submission,
-    truth,
+    submission: Submission | str | os.PathLike,
+    truth: Mapping[str, ImageTruth] | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     iou_threshold: float = 0.6,
     scheme: ClassScheme = HPA2021,
@@ -655,8 +657,6 @@ def evaluate_submission(
     out_dir : path, optional
         Where to write the per-class table (:meth:`MetricResult.to_frame`).
     """
-    from .submission import Submission, read_submission
-
     if not isinstance(submission, Submission):
         submission = read_submission(submission, scheme.num_classes)
     if not isinstance(truth, Mapping):

@@ -46,7 +46,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -243,6 +243,62 @@ def _read_json(path: Path) -> dict:
     if meta.get("version") != FORMAT_VERSION:
         raise DataError(path, f"format version {meta.get('version')!r}; this library reads {FORMAT_VERSION}")
     return meta
+
+
+class _Description(NamedTuple):
+    """A saved index's ``index.json``, parsed, with its files checked."""
+
+    path: Path
+    meta: dict
+    config: IndexConfig
+    kind: str
+    count: int
+    dimension: int
+    id_offset: int
+    files: dict
+
+
+def _read_description(path: Path) -> _Description:
+    """Parse ``index.json`` and check every file it lists (presence, checksum or size)."""
+    meta_path = path / _META_FILE
+    meta = _read_json(meta_path)
+    try:
+        saved = _Description(path, meta, IndexConfig.from_dict(meta["config"]), meta["kind"],
+                             int(meta["count"]), int(meta["dimension"]), int(meta["id_offset"]),
+                             dict(meta["files"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(meta_path, f"incomplete or invalid description ({error!r})") from error
+    if saved.kind not in ("flat", "ivf", "ivfpq") or meta.get("metric") != saved.config.metric:
+        raise DataError(meta_path, f"inconsistent kind {saved.kind!r} / metric {meta.get('metric')!r}")
+    for name in (_INDEX_FILE, _IDS_FILE):
+        if name not in saved.files:
+            raise DataError(meta_path, f"does not list {name}")
+    for name, expected in saved.files.items():
+        file = path / name
+        if not file.is_file():
+            raise DataError(file, "missing")
+        if "sha256" in expected and _sha256(file) != expected["sha256"]:
+            raise DataError(file, "checksum mismatch: the file is corrupt or was changed after saving")
+        if "bytes" in expected and file.stat().st_size != expected["bytes"]:
+            raise DataError(file, f"size {file.stat().st_size} bytes, expected {expected['bytes']}")
+    return saved
+
+
+def _read_id_table(saved: _Description) -> np.ndarray:
+    """The cell ids (object ``[count]``) of a saved index, checked against its description."""
+    path = saved.path / _IDS_FILE
+    try:
+        table = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a broken file
+        raise DataError(path, f"unreadable table ({error})") from error
+    if list(table.columns) != ["faiss_id", "cell_id"] or len(table) != saved.count:
+        raise DataError(path, f"expected columns ['faiss_id', 'cell_id'] and {saved.count} rows, "
+                              f"got {list(table.columns)} and {len(table)} rows")
+    if not np.array_equal(table["faiss_id"].to_numpy(), np.arange(saved.count) + saved.id_offset):
+        raise DataError(path, f"faiss_id must run {saved.id_offset}, {saved.id_offset + 1}, ... in order")
+    if table["cell_id"].isna().any() or not table["cell_id"].is_unique:
+        raise DataError(path, "cell_id holds missing or duplicate values")
+    return table["cell_id"].to_numpy(dtype=object)
 
 
 # --------------------------------------------------------------------------- the index
@@ -678,55 +734,21 @@ class CellIndex:
         Raises :class:`~hpa_embed.io.DataError` naming the file for a missing, corrupt (checksum)
         or inconsistent file.
         """
-        path = Path(path)
-        meta_path = path / _META_FILE
-        meta = _read_json(meta_path)
-        try:
-            config = IndexConfig.from_dict(meta["config"])
-            kind, metric, count = meta["kind"], meta["metric"], int(meta["count"])
-            dimension, id_offset, files = int(meta["dimension"]), int(meta["id_offset"]), meta["files"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise DataError(meta_path, f"incomplete or invalid description ({error!r})") from error
-        if kind not in ("flat", "ivf", "ivfpq") or metric != config.metric:
-            raise DataError(meta_path, f"inconsistent kind {kind!r} / metric {metric!r}")
-        for name, expected in files.items():
-            file = path / name
-            if not file.is_file():
-                raise DataError(file, "missing")
-            if "sha256" in expected and _sha256(file) != expected["sha256"]:
-                raise DataError(file, "checksum mismatch: the file is corrupt or was changed after saving")
-            if "bytes" in expected and file.stat().st_size != expected["bytes"]:
-                raise DataError(file, f"size {file.stat().st_size} bytes, expected {expected['bytes']}")
-        for name in (_INDEX_FILE, _IDS_FILE):
-            if name not in files:
-                raise DataError(meta_path, f"does not list {name}")
-
-        index = cls._read_faiss(path, meta)
-        expected_metric = _faiss_metric(metric)
-        if index.d != dimension or index.ntotal != count or index.metric_type != expected_metric:
-            raise DataError(path / _INDEX_FILE, f"holds {index.ntotal} vectors of dimension {index.d} "
-                                               f"(metric {index.metric_type}); {_META_FILE} says {count} of "
-                                               f"dimension {dimension} (metric {metric})")
-        if (kind == "flat") != (_ivf(index) is None):
-            raise DataError(path / _INDEX_FILE, f"is not a {kind} index")
+        saved = _read_description(Path(path))
+        index = cls._read_faiss(saved.path, saved.meta)
+        if (index.d, index.ntotal, index.metric_type) != (saved.dimension, saved.count,
+                                                           _faiss_metric(saved.config.metric)):
+            raise DataError(saved.path / _INDEX_FILE,
+                            f"holds {index.ntotal} vectors of dimension {index.d} (FAISS metric "
+                            f"{index.metric_type}); {_META_FILE} says {saved.count} of dimension "
+                            f"{saved.dimension} ({saved.config.metric})")
+        if (saved.kind == "flat") != (_ivf(index) is None):
+            raise DataError(saved.path / _INDEX_FILE, f"is not a {saved.kind} index")
         if _ivf(index) is not None:
-            _ivf(index).nprobe = min(config.nprobe, _ivf(index).nlist)
-
-        try:
-            table = pd.read_parquet(path / _IDS_FILE)
-        except Exception as error:  # pyarrow raises several types for a broken file
-            raise DataError(path / _IDS_FILE, f"unreadable table ({error})") from error
-        if list(table.columns) != ["faiss_id", "cell_id"] or len(table) != count:
-            raise DataError(path / _IDS_FILE, f"expected columns ['faiss_id', 'cell_id'] and {count} rows, "
-                                              f"got {list(table.columns)} and {len(table)} rows")
-        if not np.array_equal(table["faiss_id"].to_numpy(), np.arange(count, dtype=np.int64) + id_offset):
-            raise DataError(path / _IDS_FILE, f"faiss_id must run {id_offset}, {id_offset + 1}, ... in order")
-        cell_ids = table["cell_id"].to_numpy(dtype=object)
-        if table["cell_id"].isna().any() or not table["cell_id"].is_unique:
-            raise DataError(path / _IDS_FILE, "cell_id holds missing or duplicate values")
-        trained = (path / _TRAINED_FILE).read_bytes() if _TRAINED_FILE in files else None
-        return cls(index, cell_ids, config, kind, id_offset=id_offset, trained=trained,
-                   read_only=bool(meta.get("on_disk")))
+            _ivf(index).nprobe = min(saved.config.nprobe, _ivf(index).nlist)
+        trained = (saved.path / _TRAINED_FILE).read_bytes() if _TRAINED_FILE in saved.files else None
+        return cls(index, _read_id_table(saved), saved.config, saved.kind, id_offset=saved.id_offset,
+                   trained=trained, read_only=bool(saved.meta.get("on_disk")))
 
     @staticmethod
     def _read_faiss(path: Path, meta: dict) -> faiss.Index:
@@ -762,45 +784,40 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
 
     if not paths:
         raise ValueError("no shards to merge")
-    shards = []
-    for shard_path in map(Path, paths):
-        meta = _read_json(shard_path / _META_FILE)
-        if meta.get("kind") not in ("ivf", "ivfpq") or meta.get("on_disk"):
-            raise DataError(shard_path / _META_FILE, "a shard must be an in-memory IVF index (see new_shard)")
-        shards.append((int(meta["id_offset"]), shard_path, meta))
-    shards.sort(key=lambda item: item[0])
-    reference_path, reference = shards[0][1], shards[0][2]
+    # Descriptions and id tables only: merge_ondisk reads the vectors once, memory-mapped.
+    shards = sorted((_read_description(Path(shard_path)) for shard_path in paths),
+                    key=lambda saved: saved.id_offset)
+    first = shards[0]
     expected_offset = 0
-    for offset, shard_path, meta in shards:
-        if offset != expected_offset:
-            raise DataError(shard_path / _META_FILE,
-                            f"id_offset {offset}, but the shards before it end at {expected_offset}: shards "
-                            "must hold contiguous cells (give each the position of its first cell)")
-        expected_offset += int(meta["count"])
+    for saved in shards:
+        where = saved.path / _META_FILE
+        if saved.kind not in ("ivf", "ivfpq") or saved.meta.get("on_disk"):
+            raise DataError(where, "a shard must be an in-memory IVF index (see CellIndex.new_shard)")
+        if saved.id_offset != expected_offset:
+            raise DataError(where, f"id_offset {saved.id_offset}, but the shards before it end at "
+                                   f"{expected_offset}: shards must hold contiguous cells (give each the "
+                                   "position of its first cell)")
+        expected_offset += saved.count
         for key in ("kind", "metric", "dimension"):
-            if meta[key] != reference[key]:
-                raise DataError(shard_path / _META_FILE,
-                                f"{key} {meta[key]!r} differs from {reference[key]!r} in {reference_path}")
-        if meta["files"].get(_TRAINED_FILE) != reference["files"].get(_TRAINED_FILE):
-            raise DataError(shard_path / _TRAINED_FILE, f"trained differently from {reference_path}: shards "
+            if saved.meta[key] != first.meta[key]:
+                raise DataError(where, f"{key} {saved.meta[key]!r} differs from {first.meta[key]!r} "
+                                       f"in {first.path}")
+        if saved.files.get(_TRAINED_FILE) != first.files.get(_TRAINED_FILE):
+            raise DataError(saved.path / _TRAINED_FILE, f"trained differently from {first.path}: shards "
                                                         "must come from one trained index (new_shard)")
-    loaded = [CellIndex.load(shard_path) for _, shard_path, _ in shards]  # checks every file
-    cell_ids = np.concatenate([shard._cell_ids for shard in loaded])
+    cell_ids = np.concatenate([_read_id_table(saved) for saved in shards])
     if _duplicates(cell_ids):
         raise ValueError(f"the shards share cell ids, e.g. {_duplicates(cell_ids)}")
-    first = loaded[0]
-    del loaded  # merge_ondisk reads the shards again, memory-mapped
-
+    trained_bytes = (first.path / _TRAINED_FILE).read_bytes()
     out = Path(out)
-    config = first.config
 
     def write(tmp: Path) -> None:
-        trained = faiss.deserialize_index(np.frombuffer(first._trained, dtype=np.uint8))
+        trained = faiss.deserialize_index(np.frombuffer(trained_bytes, dtype=np.uint8))
         # shift_ids=False: the shards already carry their global ids (FAISS's shift_ids adds
         # wrong offsets when the shards differ in size).
-        merge_ondisk(trained, [str(shard_path / _INDEX_FILE) for _, shard_path, _ in shards],
-                     str(tmp / _IVFDATA_FILE), shift_ids=False)
-        merged = CellIndex(trained, cell_ids, config, first.kind, trained=first._trained, read_only=True)
+        merge_ondisk(trained, [str(saved.path / _INDEX_FILE) for saved in shards], str(tmp / _IVFDATA_FILE),
+                     shift_ids=False)
+        merged = CellIndex(trained, cell_ids, first.config, first.kind, trained=trained_bytes, read_only=True)
         merged._write_into(tmp, out)
 
     _replace_directory(out, write)

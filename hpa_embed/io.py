@@ -33,6 +33,8 @@ __all__ = [
     "read_field",
     "list_field_ids",
     "write_png",
+    "MASK_SUFFIXES",
+    "find_mask_file",
     "read_mask",
     "write_mask",
     "LabelTable",
@@ -238,6 +240,24 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 
 
 
 # --------------------------------------------------------------------------- masks
+
+
+#: Mask-file suffixes, in the order :func:`find_mask_file` looks for them.
+MASK_SUFFIXES: tuple[str, ...] = (".png", ".npz")
+
+
+def find_mask_file(masks_dir: str | os.PathLike, image_id: str, kind: str = "cellmask") -> Path:
+    """``<masks_dir>/<image_id>_<kind>.png`` (or ``.npz``); ``kind`` is ``cellmask`` or ``nucleimask``.
+
+    Raises :class:`DataError` naming the expected file when there is none.
+    """
+    masks_dir = Path(masks_dir)
+    for suffix in MASK_SUFFIXES:
+        path = masks_dir / f"{image_id}_{kind}{suffix}"
+        if path.is_file():
+            return path
+    expected = masks_dir / f"{image_id}_{kind}{MASK_SUFFIXES[0]}"
+    raise DataError(expected, f"missing {kind} of field {image_id!r}")
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -534,7 +534,9 @@ class ClassicalSegmenter:
        (:func:`split_touching`: two touching round nuclei split, a long or bent one does not).
     2. Cell foreground: red + yellow (red alone for a 3-channel field) smoothed
        (``cell_smoothing``), Otsu x ``cell_threshold``, united with the nuclei.
-    3. Cells: compact watershed of the negated smoothed reference, seeded by the nuclei.
+    3. Cells: compact watershed of the negated reference, lightly smoothed
+       (``watershed_smoothing``) so the dim line between touching cells survives, seeded by
+       the nuclei.
        Cytoplasm further than ``orphan_distance`` from every nucleus is seeded too (at its
        local maxima); such a region is merged into a neighbouring cell when no valley separates
        them (saddle >= ``valley_ratio`` x its peak: the far end of the same cell) and dropped

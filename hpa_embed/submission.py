@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .io import DataError, atomic_path, read_mask
+from .io import DataError, atomic_path, find_mask_file, read_mask
 from .labels import HPA2021
 
 __all__ = [
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 #: The header of a Kaggle HPA 2021 submission file.
 SUBMISSION_COLUMNS: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 #: Mask file suffixes looked for by :func:`build_submission`, in order.
-_MASK_SUFFIXES: tuple[str, ...] = (".png", ".npz")
 # A COCO string value takes at most 12 six-bit characters here (|value| < 2**59), which keeps
 # the decoder's shifts inside int64.
 _MAX_CHARS_PER_VALUE = 12
@@ -432,15 +431,6 @@ def predictions_from_cells(
     return Submission(images, predictions)
 
 
-def _find_mask(masks_dir: Path, image_id: str) -> Path:
-    for suffix in _MASK_SUFFIXES:
-        path = masks_dir / f"{image_id}_cellmask{suffix}"
-        if path.is_file():
-            return path
-    raise DataError(masks_dir / f"{image_id}_cellmask{_MASK_SUFFIXES[0]}",
-                    f"missing cell mask of image {image_id!r}")
-
-
 def build_submission(
     cells: pd.DataFrame,
     probabilities: np.ndarray,
@@ -486,7 +476,7 @@ def build_submission(
     parts = []
     for image_id in tqdm(image_ids, desc="submission", unit="image", disable=not progress):
         rows = rows_of.get(image_id, np.zeros(0, dtype=np.int64))
-        mask_path = _find_mask(masks_dir, image_id)
+        mask_path = find_mask_file(masks_dir, image_id)
         cell_mask = read_mask(mask_path)
         try:
             parts.append(predictions_from_cells(

@@ -555,7 +555,12 @@ def fit(
         )
         rng_states = _all_gather_rows(torch.get_rng_state()[None], context)
         if context.is_main:
-            extra = {"epoch": epoch + 1, "history": history[-1]}
+            extra = {
+                "epoch": epoch + 1,
+                "history": history[-1],
+                "loss": loss_config.to_dict(),
+                "data": data_config.to_dict(),
+            }
             save_checkpoint(
                 last,
                 network_model,

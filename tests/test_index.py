@@ -1,5 +1,7 @@
 import json
+import shutil
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,15 @@ import pytest
 from hpa_embed.config import IndexConfig, read_config_file, write_config_file
 from hpa_embed.index import CellIndex, index_embeddings, merge_shards, resolve_kind, resolve_nlist
 from hpa_embed.io import DataError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """These searches are tiny: one thread avoids OpenMP spin-waits on a busy shared CPU."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
 
 
 def clustered(n, d=16, clusters=20, spread=0.3, seed=0):
@@ -78,7 +89,7 @@ def test_index_config_round_trips_through_toml(tmp_path):
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
 def test_ivf_with_all_probes_equals_exact(data, kind):
     X, ids, Q = data
-    config = IndexConfig(kind=kind, nlist=8, nprobe=8, pq_m=4, pq_nbits=6)
+    config = IndexConfig(kind=kind, nlist=8, nprobe=8, pq_m=8)
     index = CellIndex.build(X, ids, config, progress=False)
     assert (index.kind, index.nlist, index.nprobe) == (kind, 8, 8)
     scores, rows = index.search_rows(Q, 10)
@@ -88,7 +99,7 @@ def test_ivf_with_all_probes_equals_exact(data, kind):
         np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
     else:  # product quantisation approximates the vectors: most true neighbours still come back
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, expected_rows)])
-        assert recall > 0.5
+        assert recall > 0.6
 
 
 def test_fewer_probes_still_finds_most_neighbours(data):
@@ -110,7 +121,8 @@ def test_missing_neighbours_when_k_exceeds_n(data):
         index = CellIndex.build(X[:5], ids[:5], IndexConfig(kind=kind, nlist=1), progress=False)
         scores, cell_ids = index.search(Q[:2], 8)
         assert cell_ids.shape == (2, 8)
-        assert all(c is None for c in cell_ids[:, 5:].ravel()) and all(c is not None for c in cell_ids[:, :5].ravel())
+        assert all(c is None for c in cell_ids[:, 5:].ravel())
+        assert all(c is not None for c in cell_ids[:, :5].ravel())
         assert np.all(scores[:, 5:] == missing) and np.isfinite(scores[:, :5]).all()
         _, rows = index.search_rows(Q[:2], 8)
         assert np.all(rows[:, 5:] == -1)
@@ -170,7 +182,7 @@ def test_search_rows_exclude_drops_last_when_self_absent(data):
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
 def test_save_load_round_trip(tmp_path, data, kind):
     X, ids, Q = data
-    index = CellIndex.build(X, ids, IndexConfig(kind=kind, nlist=8, nprobe=3, pq_m=4, pq_nbits=6),
+    index = CellIndex.build(X, ids, IndexConfig(kind=kind, nlist=8, nprobe=3, pq_m=8),
                             progress=False)
     before = index.search(Q, 7)
     index.save(tmp_path / "idx")
@@ -178,7 +190,8 @@ def test_save_load_round_trip(tmp_path, data, kind):
     after = loaded.search(Q, 7)
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(before[0], after[0])
-    assert (loaded.kind, loaded.nprobe, loaded.config, len(loaded)) == (kind, index.nprobe, index.config, len(X))
+    assert (loaded.kind, loaded.nprobe, len(loaded)) == (kind, index.nprobe, len(X))
+    assert loaded.config == index.config
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert (meta["count"], meta["dimension"], meta["metric"], meta["version"]) == (len(X), 16, "cosine", 1)
     table = pd.read_parquet(tmp_path / "idx" / "cell_ids.parquet")
@@ -206,9 +219,7 @@ def test_corrupt_or_mismatched_files_are_refused(tmp_path, data):
     def broken(name, change):
         target = tmp_path / name
         if target.exists():
-            import shutil
             shutil.rmtree(target)
-        import shutil
         shutil.copytree(tmp_path / "good", target)
         change(target)
         return target
@@ -280,7 +291,8 @@ def test_shards_merge_to_the_single_index(tmp_path, data):
     assert merged.is_on_disk and len(merged) == len(X) and (tmp_path / "merged" / "index.ivfdata").is_file()
     for got, expected in zip(merged.search(Q, 10), single.search(Q, 10)):
         np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(merged.search_cell("cell-1999", 4)[1], single.search_cell("cell-1999", 4)[1])
+    np.testing.assert_array_equal(merged.search_cell("cell-1999", 4)[1],
+                                  single.search_cell("cell-1999", 4)[1])
     with pytest.raises(ValueError, match="read-only"):
         merged.add(Q[:1], ["new"])
     # the merged directory can move and be copied

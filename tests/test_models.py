@@ -379,3 +379,16 @@ def test_state_file_errors(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path))
     with pytest.raises(DataError, match="not a hpa_embed state file"):
         load_state(path)
+
+
+def test_pretrained_from_own_checkpoint_loads_its_backbone(tmp_path):
+    from hpa_embed.config import ModelConfig
+    from hpa_embed.models import create_model, save_checkpoint
+
+    config = ModelConfig(arch="resnet18", in_chans=4, crop_size=32, embedding_dim=8)
+    trained = create_model(config)
+    checkpoint = save_checkpoint(tmp_path / "run", trained, config)
+    warm = create_model(ModelConfig(arch="resnet18", in_chans=4, crop_size=32, embedding_dim=16,
+                                    pretrained=str(checkpoint)))
+    for name, tensor in trained.backbone.state_dict().items():
+        assert torch.equal(warm.backbone.state_dict()[name], tensor), name

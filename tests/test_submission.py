@@ -223,5 +223,5 @@ def test_build_submission_from_cell_table(tmp_path):
     assert list(zip(rows["cell"], rows["label"], rows["confidence"])) == [
         (2, 0, 0.25), (2, 1, 0.75), (1, 0, 1.0), (1, 1, 0.0)]
     np.testing.assert_array_equal(decode_binary_mask(rows["rle"].iloc[0], 6, 8), first == 2)
-    with pytest.raises(DataError, match="missing cell mask"):
+    with pytest.raises(DataError, match="missing cellmask of field"):
         build_submission(cells, probabilities, masks, image_ids=["f1", "f3"], progress=False)

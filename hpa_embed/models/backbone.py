@@ -83,17 +83,24 @@ def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
         raise DataError(path, f"entries {bad[:5]} are not tensors; expected a plain state dict")
     if all(name.startswith("module.") for name in obj):
         obj = {name[len("module."):]: value for name, value in obj.items()}
+    if any(name.startswith("backbone.") for name in obj):
+        # a hpa_embed checkpoint: its backbone's weights, without the heads
+        obj = {name[len("backbone."):]: value for name, value in obj.items() if name.startswith("backbone.")}
     return dict(obj)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or ``.pth``/``.pt``/``.bin``, onto the CPU.
 
+    A hpa_embed checkpoint directory (or its ``model.safetensors``) gives its backbone's weights.
+
     ``.pth`` files are read with ``torch.load(weights_only=True)``, which refuses arbitrary
     pickled objects. Raises :class:`~hpa_embed.io.DataError` naming the file when it is
     missing, of an unknown type, unreadable or not a state dict.
     """
     path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
     if not path.is_file():
         raise DataError(path, "weights file not found")
     suffix = path.suffix.lower()
