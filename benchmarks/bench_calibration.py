@@ -39,11 +39,20 @@ from hpa_embed.train import fit
 RECIPES = {
     # name: (label mode, loss, target)
     "seed recipe (single-label cells, CE + triplet)": (
-        "single_label", LossConfig(classification="ce", metric="triplet", miner="semihard"), "about 0.35"),
+        "single_label",
+        LossConfig(classification="ce", metric="triplet", miner="semihard"),
+        "about 0.35",
+    ),
     "weak labels (all cells, image labels, BCE + triplet)": (
-        "image_labels", LossConfig(classification="bce", metric="triplet", miner="semihard"), "-"),
+        "image_labels",
+        LossConfig(classification="bce", metric="triplet", miner="semihard"),
+        "-",
+    ),
     "oracle (true cell labels, BCE + triplet)": (
-        "true_labels", LossConfig(classification="bce", metric="triplet", miner="semihard"), "well below 1.0"),
+        "true_labels",
+        LossConfig(classification="bce", metric="triplet", miner="semihard"),
+        "well below 1.0",
+    ),
 }
 
 
@@ -62,7 +71,9 @@ def intensity_baseline(store: CellStore) -> float:
         mean = (crops * inside).sum(axis=(2, 3)) / count
         square = (crops**2 * inside).sum(axis=(2, 3)) / count
         flat = np.where(inside, crops, np.nan).reshape(len(crops), crops.shape[1], -1)
-        quantiles = np.nanpercentile(flat, (10, 50, 90, 99), axis=2).transpose(1, 2, 0).reshape(len(crops), -1)
+        quantiles = (
+            np.nanpercentile(flat, (10, 50, 90, 99), axis=2).transpose(1, 2, 0).reshape(len(crops), -1)
+        )
         std = np.sqrt(np.maximum(square - mean**2, 0))
         return np.hstack([mean, std, quantiles, count]), Y
 
@@ -93,19 +104,30 @@ def main() -> None:
         store_path = synthetic_store(tmp, args.crop_size, args.images, args.preset)
         store = CellStore.open(store_path)
         test_rows, Y_test = select_cells(store.cells, "true_labels", split="test")
-        print(f"{args.images} '{args.preset}' fields, {len(store)} cells "
-              f"({store.cells['split'].value_counts().to_dict()}), {machine()}", file=sys.stderr)
+        print(
+            f"{args.images} '{args.preset}' fields, {len(store)} cells "
+            f"({store.cells['split'].value_counts().to_dict()}), {machine()}",
+            file=sys.stderr,
+        )
         rows.append(("linear model on intensity statistics", intensity_baseline(store), "far below both"))
         for name, (mode, loss, target) in RECIPES.items():
-            run = fit(store, tmp / mode, ModelConfig(arch=args.arch, in_chans=4, crop_size=args.crop_size),
-                      loss, DataConfig(label_mode=mode, batch_size=args.batch, m_per_class=4),
-                      TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle"), progress=False)
+            run = fit(
+                store,
+                tmp / mode,
+                ModelConfig(arch=args.arch, in_chans=4, crop_size=args.crop_size),
+                loss,
+                DataConfig(label_mode=mode, batch_size=args.batch, m_per_class=4),
+                TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle"),
+                progress=False,
+            )
             embedded = embed(run.checkpoint, store, split="test", progress=False)
             assert np.array_equal(embedded.cells["row"].to_numpy(), test_rows)
             probabilities = head_probabilities(run.checkpoint, embedded.X)
             rows.append((name, cell_level_ap(probabilities, Y_test).map, target))
-    print(f"cell mAP on held-out '{args.preset}' cells against their true labels "
-          f"({args.arch}, {args.crop_size} px, {args.epochs} epochs; {time.perf_counter() - started:.0f} s)")
+    print(
+        f"cell mAP on held-out '{args.preset}' cells against their true labels "
+        f"({args.arch}, {args.crop_size} px, {args.epochs} epochs; {time.perf_counter() - started:.0f} s)"
+    )
     print(f"{'method':56s}{'cell mAP':>10s}   target")
     for name, value, target in rows:
         print(f"{name:56s}{value:10.3f}   {target}")

@@ -1,19 +1,35 @@
 """Per-cell classifiers over embeddings.
 
 :class:`KNNClassifier` votes among a cell's nearest reference cells in a
-:class:`~hpa_embed.index.CellIndex`, single-label (int ``y``) or multi-label (multi-hot ``Y``).
+:class:`~hpa_embed.index.CellIndex`, single-label (int ``y``) or multi-label (multi-hot ``Y``);
+:func:`head_probabilities` applies a trained model's linear classifier to stored embeddings.
+:func:`aggregate_images` turns cell predictions into image predictions (the union of the cells)
+and :func:`fuse_scores` blends image-level scores back into the cells'.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .config import IndexConfig
 from .index import CellIndex
+from .labels import HPA2021
 
-__all__ = ["KNNClassifier"]
+__all__ = [
+    "KNNClassifier",
+    "head_probabilities",
+    "aggregate_images",
+    "fuse_scores",
+    "cell_targets",
+    "predict_cells",
+    "write_predictions",
+    "read_predictions",
+]
 
 
 class KNNClassifier(ClassifierMixin, BaseEstimator):
@@ -56,8 +72,13 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         Reference cell count N.
     """
 
-    def __init__(self, n_neighbors: int = 10, weights: str = "distance",
-                 index_config: IndexConfig | None = None, threshold: float = 0.5):
+    def __init__(
+        self,
+        n_neighbors: int = 10,
+        weights: str = "distance",
+        index_config: IndexConfig | None = None,
+        threshold: float = 0.5,
+    ):
         self.n_neighbors = n_neighbors
         self.weights = weights
         self.index_config = index_config
@@ -89,8 +110,9 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             X = np.asarray(X)
             if X.ndim != 2:
                 raise ValueError(f"X must be a 2-D array [N, D] or a CellIndex, got shape {X.shape}")
-            index = CellIndex.build(X, np.arange(len(X)).astype(str).astype(object), self.index_config,
-                                    progress=False)
+            index = CellIndex.build(
+                X, np.arange(len(X)).astype(str).astype(object), self.index_config, progress=False
+            )
         y = np.asarray(y)
         if len(y) != len(index):
             raise ValueError(f"y has {len(y)} rows for {len(index)} reference cells")
@@ -111,8 +133,9 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         self.n_samples_fit_ = len(index)
         return self
 
-    def kneighbors(self, X: np.ndarray, n_neighbors: int | None = None,
-                   return_distance: bool = True) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+    def kneighbors(
+        self, X: np.ndarray, n_neighbors: int | None = None, return_distance: bool = True
+    ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         """Nearest reference cells, in scikit-learn's conventions.
 
         Returns
@@ -127,8 +150,10 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "index_")
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         if k > self.n_samples_fit_:
-            raise ValueError(f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, "
-                             f"n_samples_fit = {self.n_samples_fit_}")
+            raise ValueError(
+                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, "
+                f"n_samples_fit = {self.n_samples_fit_}"
+            )
         scores, rows = self.index_.search_rows(X, k)
         if not return_distance:
             return rows
@@ -180,3 +205,221 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         if self.multilabel_:
             return proba > self.threshold
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+# --------------------------------------------------------------------------- linear head
+
+
+def head_probabilities(
+    checkpoint, X: np.ndarray, activation: str | None = None, batch_size: int = 65536
+) -> np.ndarray:
+    """Per-cell class probabilities from a trained model's linear classifier.
+
+    The classifier reads the stored (L2-normalised) embedding, so no image is needed.
+
+    Parameters
+    ----------
+    checkpoint : path or CellEmbeddingModel
+        A checkpoint directory (or a loaded model).
+    X : float32 ``[N, D]``
+        Embeddings from :func:`hpa_embed.embed.embed` with the same model.
+    activation : {"softmax", "sigmoid"}, optional
+        Default: softmax for a model trained with cross-entropy (``loss.classification == "ce"``
+        in the checkpoint), sigmoid otherwise.
+
+    Returns
+    -------
+    float32 ``[N, K]``
+    """
+    import torch
+
+    from .models import CellEmbeddingModel, load_checkpoint
+
+    if isinstance(checkpoint, CellEmbeddingModel):
+        model, trained_with = checkpoint, None
+    else:
+        model, _, extra = load_checkpoint(checkpoint)
+        trained_with = extra.get("loss", {}).get("classification")
+    activation = activation or ("softmax" if trained_with == "ce" else "sigmoid")
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation={activation!r}: choose 'softmax' or 'sigmoid'")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != model.config.embedding_dim:
+        raise ValueError(
+            f"X has shape {X.shape}; the model embeds into {model.config.embedding_dim} dimensions"
+        )
+    out = np.empty((len(X), model.config.num_classes), dtype=np.float32)
+    classifier = model.classifier.eval()
+    with torch.inference_mode():
+        for start in range(0, len(X), batch_size):
+            logits = classifier(torch.from_numpy(X[start : start + batch_size]))
+            scores = torch.softmax(logits, 1) if activation == "softmax" else torch.sigmoid(logits)
+            out[start : start + len(logits)] = scores.numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- images from cells
+
+
+def aggregate_images(probabilities: np.ndarray, image_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Image-level scores as the union of the image's cells: the maximum over its cells.
+
+    Parameters
+    ----------
+    probabilities : float ``[N, K]``
+        Per-cell class probabilities.
+    image_ids : array-like ``[N]``
+        The image of each cell.
+
+    Returns
+    -------
+    images : object ``[M]``
+        The distinct image ids, sorted.
+    image_probabilities : float32 ``[M, K]``
+        ``max`` over each image's cells: an image shows a class when one of its cells does.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    images, index = np.unique(np.asarray(image_ids, dtype=object), return_inverse=True)
+    out = np.zeros((len(images), probabilities.shape[1]), dtype=np.float32)
+    np.maximum.at(out, index, probabilities)
+    return images, out
+
+
+def fuse_scores(
+    cell_probabilities: np.ndarray,
+    image_probabilities: np.ndarray,
+    image_index: np.ndarray,
+    weight: float = 0.5,
+    method: str = "mean",
+) -> np.ndarray:
+    """Blend each cell's scores with its image's (e.g. from an image-level model).
+
+    ``"mean"``: ``(1 - w) * cell + w * image``; ``"geometric"``: ``cell ** (1 - w) * image ** w``.
+    A cell then ranks high for a class only when its image shows the class too, which
+    suppresses isolated false positives in images that lack the class.
+
+    Parameters
+    ----------
+    cell_probabilities : float ``[N, K]``
+    image_probabilities : float ``[M, K]``
+    image_index : int ``[N]``
+        Row of ``image_probabilities`` for each cell.
+    weight : float in [0, 1]
+    """
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight={weight!r} must lie in [0, 1]")
+    cell = np.asarray(cell_probabilities, dtype=np.float32)
+    image = np.asarray(image_probabilities, dtype=np.float32)[np.asarray(image_index)]
+    if method == "mean":
+        return (1 - weight) * cell + weight * image
+    if method == "geometric":
+        return cell ** (1 - weight) * image**weight
+    raise ValueError(f"method={method!r}: choose 'mean' or 'geometric'")
+
+
+# --------------------------------------------------------------------------- predictions on disk
+
+
+def cell_targets(cells: pd.DataFrame, label_mode: str, scheme=HPA2021) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-hot labels of the cells of a table that have them.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        A CellStore (or embeddings) table with ``image_labels`` / ``true_labels`` columns.
+    label_mode : {"image_labels", "true_labels"}
+
+    Returns
+    -------
+    positions : int64 ``[n]``
+        Positions (0..len(cells)-1) of the labelled cells.
+    Y : bool ``[n, K]``
+    """
+    column = {"image_labels": "image_labels", "true_labels": "true_labels"}.get(label_mode)
+    if column is None:
+        raise ValueError(f"label_mode={label_mode!r}: choose 'image_labels' or 'true_labels'")
+    if column not in cells:
+        raise ValueError(f"the cell table has no {column!r} column")
+    values = cells[column].to_numpy()
+    labelled = np.array([value is not None and len(value) > 0 for value in values], dtype=bool)
+    positions = np.flatnonzero(labelled)
+    return positions, scheme.to_multi_hot([list(values[i]) for i in positions])
+
+
+def predict_cells(
+    embeddings,
+    method: str = "head",
+    checkpoint=None,
+    reference=None,
+    label_mode: str = "image_labels",
+    n_neighbors: int = 10,
+    index_config: IndexConfig | None = None,
+) -> np.ndarray:
+    """Per-cell class probabilities ``[N, K]`` for the cells of an embeddings directory.
+
+    Parameters
+    ----------
+    embeddings : Embeddings or path
+        From :func:`hpa_embed.embed.embed`.
+    method : {"head", "knn"}
+        ``"head"``: the trained linear classifier (:func:`head_probabilities`; ``checkpoint``
+        defaults to the one the embeddings came from). ``"knn"``: :class:`KNNClassifier` with
+        the labelled cells of ``reference`` (another embeddings directory, e.g. the training
+        split) as neighbours, labels from its ``label_mode`` column.
+    """
+    from .embed import Embeddings, read_embeddings
+
+    embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)
+    if method == "head":
+        return head_probabilities(checkpoint or embedded.meta["checkpoint"], embedded.X)
+    if method != "knn":
+        raise ValueError(f"method={method!r}: choose 'head' or 'knn'")
+    if reference is None:
+        raise ValueError("method='knn' needs reference embeddings (labelled cells to vote)")
+    ref = reference if isinstance(reference, Embeddings) else read_embeddings(reference)
+    positions, Y = cell_targets(ref.cells, label_mode)
+    if len(positions) == 0:
+        raise ValueError(f"the reference cells carry no {label_mode}")
+    knn = KNNClassifier(n_neighbors=min(n_neighbors, len(positions)), index_config=index_config)
+    return knn.fit(np.asarray(ref.X)[positions], Y).predict_proba(embedded.X).astype(np.float32)
+
+
+def write_predictions(out, embeddings, probabilities: np.ndarray, method: str) -> Path:
+    """Write ``<out>/probabilities.npy`` (float32 ``[N, K]``), ``<out>/cells.parquet`` (the cells,
+    in the same order) and ``<out>/images.csv`` (image-level union, one column per class)."""
+    from .io import atomic_path
+
+    out = Path(out)
+    probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
+    cells = embeddings.cells.reset_index(drop=True)
+    if len(probabilities) != len(cells):
+        raise ValueError(f"{len(probabilities)} probability rows for {len(cells)} cells")
+    images, image_probabilities = aggregate_images(probabilities, cells["image_id"])
+    with atomic_path(out / "probabilities.npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, probabilities)
+    table = pd.DataFrame(image_probabilities, columns=[str(k) for k in range(probabilities.shape[1])])
+    table.insert(0, "image_id", images)
+    with atomic_path(out / "images.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(out / "cells.parquet") as tmp:
+        cells.assign(prediction_method=method).to_parquet(tmp, index=False)
+    return out
+
+
+def read_predictions(path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a predictions directory -> (cells table, probabilities float32 ``[N, K]``)."""
+    from .io import DataError
+
+    path = Path(path)
+    for name in ("probabilities.npy", "cells.parquet"):
+        if not (path / name).is_file():
+            raise DataError(path / name, "missing: not a predictions directory (see hpa-embed classify)")
+    probabilities = np.load(path / "probabilities.npy", allow_pickle=False)
+    cells = pd.read_parquet(path / "cells.parquet")
+    if probabilities.ndim != 2 or len(probabilities) != len(cells):
+        raise DataError(
+            path / "probabilities.npy",
+            f"shape {probabilities.shape} does not match {len(cells)} cells in cells.parquet",
+        )
+    return cells, probabilities

@@ -60,6 +60,7 @@ __all__ = [
     "CellIndex",
     "merge_shards",
     "index_embeddings",
+    "neighbours_table",
     "resolve_kind",
     "resolve_nlist",
     "FORMAT_NAME",
@@ -764,6 +765,34 @@ class CellIndex:
         except RuntimeError as error:
             problem = str(error).splitlines()[0][:200]
             raise DataError(index_path, f"unreadable FAISS index ({problem})") from error
+
+
+def neighbours_table(queries: Sequence[str], scores: np.ndarray, cell_ids: np.ndarray) -> pd.DataFrame:
+    """Search results in long form, one row per found neighbour (missing ones are dropped).
+
+    Parameters
+    ----------
+    queries : sequence of str
+        A name per query (its cell id, or its row in a query file).
+    scores, cell_ids : numpy.ndarray
+        ``[n, k]`` from :meth:`CellIndex.search` or :meth:`CellIndex.search_cell`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``query``, ``rank`` (1 = nearest), ``cell_id``, ``score``.
+    """
+    scores, cell_ids = np.atleast_2d(scores), np.atleast_2d(cell_ids)
+    n, k = cell_ids.shape
+    if len(queries) != n:
+        raise ValueError(f"{len(queries)} query names for {n} result rows")
+    table = pd.DataFrame({
+        "query": np.repeat(np.asarray(queries, dtype=object), k),
+        "rank": np.tile(np.arange(1, k + 1), n),
+        "cell_id": cell_ids.ravel(),
+        "score": scores.ravel(),
+    })
+    return table[table["cell_id"].notna()].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- scale-out

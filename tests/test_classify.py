@@ -135,3 +135,40 @@ def test_ivf_index_agrees_with_exact(data):
     approximate.fit(X, y)
     assert approximate.index_.kind == "ivf"
     assert np.mean(approximate.predict(Q) == exact.predict(Q)) > 0.9
+
+
+def test_head_probabilities_apply_the_trained_classifier(tmp_path):
+    import torch
+
+    from hpa_embed.classify import head_probabilities
+    from hpa_embed.config import ModelConfig
+    from hpa_embed.models import create_model, save_checkpoint
+
+    config = ModelConfig(arch="resnet18", in_chans=3, crop_size=32, embedding_dim=8)
+    model = create_model(config).eval()
+    checkpoint = save_checkpoint(tmp_path / "m", model, config, extra={"loss": {"classification": "ce"}})
+    X = torch.nn.functional.normalize(torch.randn(5, 8), dim=1).numpy()
+    logits = model.classifier(torch.from_numpy(X)).detach()
+    softmax = head_probabilities(checkpoint, X)
+    np.testing.assert_allclose(softmax, torch.softmax(logits, 1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(softmax.sum(axis=1), 1, rtol=1e-5)
+    sigmoid = head_probabilities(model, X)  # no training record: multi-label sigmoid
+    np.testing.assert_allclose(sigmoid, torch.sigmoid(logits).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="8 dimensions"):
+        head_probabilities(model, X[:, :4])
+
+
+def test_image_scores_are_the_union_of_cells_and_fuse_back():
+    from hpa_embed.classify import aggregate_images, fuse_scores
+
+    P = np.array([[0.1, 0.9], [0.7, 0.2], [0.3, 0.3]], dtype=np.float32)
+    images, image_P = aggregate_images(P, ["b", "a", "b"])
+    assert list(images) == ["a", "b"]
+    np.testing.assert_allclose(image_P, [[0.7, 0.2], [0.3, 0.9]])
+    index = np.array([1, 0, 1])
+    np.testing.assert_allclose(fuse_scores(P, image_P, index, weight=0.5),
+                               [[0.2, 0.9], [0.7, 0.2], [0.3, 0.6]], rtol=1e-6)
+    np.testing.assert_allclose(fuse_scores(P, image_P, index, weight=0.5, method="geometric")[2],
+                               [0.3, np.sqrt(0.3 * 0.9)], rtol=1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        fuse_scores(P, image_P, index, weight=2)

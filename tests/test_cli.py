@@ -49,3 +49,40 @@ def test_bad_input_exits_2_with_file_named(tmp_path, capsys):
 def test_channels_on_real_field(hpa_real, tmp_path):
     assert main(["channels", str(hpa_real / "fov"), "57_F11_1", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "57_F11_1_composite.png").stat().st_size > 10_000
+
+
+def test_pipeline_from_the_shell(tiny_dataset, tiny_store_path, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[model]\narch = "resnet18"\ncrop_size = 32\nembedding_dim = 16\n'
+        '[loss]\nclassification = "bce"\n'
+        '[data]\nlabel_mode = "image_labels"\nbatch_size = 8\nm_per_class = 2\nbatches_per_epoch = 2\n'
+        "[train]\nepochs = 1\n"
+    )
+    run, emb, idx = tmp_path / "run", tmp_path / "emb", tmp_path / "index"
+    assert main(["train", "--store", str(tiny_store_path), "--config", str(config), "--out", str(run),
+                 "--no-progress"]) == 0
+    assert main(["embed", str(run / "checkpoints" / "best"), "--store", str(tiny_store_path), "--out", str(emb),
+                 "--no-progress"]) == 0
+    assert main(["index", str(emb), "--out", str(idx), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(idx), "--cell", "syn_000000_1", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("syn_000000_1") == 3 and "rank" in out  # the query column, 3 neighbours
+
+    assert main(["classify", str(emb), "--out", str(tmp_path / "head")]) == 0
+    assert main(["classify", str(emb), "--method", "knn", "--reference", str(emb), "--label-mode",
+                 "true_labels", "--out", str(tmp_path / "knn")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--predictions", str(tmp_path / "knn"), "--out", str(tmp_path / "eval")]) == 0
+    assert "cell-level AP against true_labels" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "confusion_matrices.png").is_file()
+
+    submission = tmp_path / "submission.csv"
+    assert main(["submit", str(tmp_path / "head"), "--masks", str(tiny_dataset / "truth"), "--out",
+                 str(submission), "--images", str(tiny_dataset / "train")]) == 0
+    assert submission.read_text().startswith("ID,ImageWidth,ImageHeight,PredictionString")
+    capsys.readouterr()
+    assert main(["evaluate", "--submission", str(submission), "--truth", str(tiny_dataset)]) == 0
+    assert "competition metric (IoU >= 0.6): mAP" in capsys.readouterr().out
+    assert main(["evaluate", "--submission", str(submission)]) == 2

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from hpa_embed.config import IndexConfig, read_config_file, write_config_file
-from hpa_embed.index import CellIndex, index_embeddings, merge_shards, resolve_kind, resolve_nlist
+from hpa_embed.index import (
+    CellIndex,
+    index_embeddings,
+    merge_shards,
+    neighbours_table,
+    resolve_kind,
+    resolve_nlist,
+)
 from hpa_embed.io import DataError
 
 
@@ -332,3 +339,16 @@ def test_index_embeddings_directory(tmp_path, data):
                              progress=False)
     assert len(CellIndex.load(tmp_path / "idx")) == len(X)
     np.testing.assert_array_equal(index.search(Q, 5)[1], ids[brute_force(X, Q, 5)[1]])
+
+
+def test_neighbours_table(data):
+    X, ids, _ = data
+    index = CellIndex.build(X[:3], ids[:3], IndexConfig(kind="flat"), progress=False)
+    scores, cell_ids = index.search_cell(["cell-0", "cell-2"], 3)  # only 2 others exist: one missing each
+    table = neighbours_table(["cell-0", "cell-2"], scores, cell_ids)
+    assert table.columns.tolist() == ["query", "rank", "cell_id", "score"]
+    assert table["query"].tolist() == ["cell-0", "cell-0", "cell-2", "cell-2"]
+    assert table["rank"].tolist() == [1, 2, 1, 2]
+    assert set(table["cell_id"][:2]) == {"cell-1", "cell-2"}
+    assert set(table["cell_id"][2:]) == {"cell-0", "cell-1"}
+    np.testing.assert_allclose(table["score"][:2], scores[0, :2])
