@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--m-per-class", type=int, default=8, help="cells per class in a balanced batch")
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -116,7 +117,7 @@ def main() -> None:
                 tmp / mode,
                 ModelConfig(arch=args.arch, in_chans=4, crop_size=args.crop_size),
                 loss,
-                DataConfig(label_mode=mode, batch_size=args.batch, m_per_class=4),
+                DataConfig(label_mode=mode, batch_size=args.batch, m_per_class=args.m_per_class),
                 TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle"),
                 progress=False,
             )

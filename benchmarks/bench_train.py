@@ -77,8 +77,20 @@ def run_bare(args) -> dict:
 
 
 def run_fit(args) -> dict:
+    import numpy as np
+
     from hpa_embed.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+    from hpa_embed.crops import select_cells
+    from hpa_embed.losses import primary_labels
+    from hpa_embed.store import CellStore
     from hpa_embed.train import fit
+
+    # the fewest cells per class (a power of 2, dividing the batch) that the store's classes allow
+    _, Y = select_cells(CellStore.open(args.store).cells, "image_labels", split="train")
+    classes = len(np.unique(primary_labels(Y)))
+    m = 1
+    while m * classes < args.batch:
+        m *= 2
 
     def run(out: Path, batches: int):
         return fit(
@@ -87,7 +99,7 @@ def run_fit(args) -> dict:
             ModelConfig(arch=args.arch, in_chans=4, crop_size=args.size),
             LossConfig(classification="bce", metric="triplet", miner="semihard"),
             DataConfig(
-                label_mode="image_labels", batch_size=args.batch, m_per_class=4, batches_per_epoch=batches
+                label_mode="image_labels", batch_size=args.batch, m_per_class=m, batches_per_epoch=batches
             ),
             TrainConfig(epochs=1, grad_clip=None),
             progress=False,

@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -208,28 +207,16 @@ def _new_faiss_index(kind: str, dimension: int, config: IndexConfig, nlist: int)
 
 
 def _replace_directory(path: Path, write: Any) -> None:
-    """Write a directory with ``write(tmp_dir)`` and rename it onto ``path``.
+    """Write a directory with ``write(tmp_dir)`` and swap it in for ``path``, atomically.
 
-    An existing ``path`` is replaced only if it is a CellIndex directory (so a mistyped path never
-    deletes unrelated files); it is moved aside just before the rename and deleted after.
+    An existing ``path`` is replaced only if it is a CellIndex directory, so a mistyped path
+    never deletes unrelated files.
     """
     if path.exists() and not (path.is_dir() and (path / _META_FILE).is_file()):
         raise DataError(path, "exists and is not a CellIndex directory; refusing to replace it")
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-    moved = False
-    try:
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            write(tmp)
-            if path.exists():
-                os.replace(path, old)
-                moved = True
-    except BaseException:
-        if moved and not path.exists():
-            os.replace(old, path)
-        raise
-    if moved:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        write(tmp)
 
 
 def _read_json(path: Path) -> dict:

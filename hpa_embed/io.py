@@ -13,6 +13,7 @@ import csv
 import gzip
 import io as _io
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -66,22 +67,37 @@ class DataError(ValueError):
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The temporary file (or directory) is removed when the block raises, so a crash never leaves
-    a half-written file under the final name, and an existing file is untouched until the rename.
+    The block writes a file, or makes a directory, at the temporary path. The temporary file
+    (or directory) is removed when the block raises, so a crash never leaves a half-written file
+    under the final name, and an existing file is untouched until the rename. An existing
+    directory is moved aside, replaced by the new one, then deleted (moved back if the rename
+    fails).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if tmp.is_dir() and path.is_dir():
+            _swap_directory(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
         if tmp.is_dir():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _swap_directory(new: Path, path: Path) -> None:
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- images

@@ -427,7 +427,26 @@ def _merge_unseeded(
     pairs, saddle = _border_saddles(regions, values)
     peak = np.asarray(ndi.maximum(values, regions, np.arange(n_regions + 1)), dtype=np.float64)
     seeded = np.arange(n_regions + 1) <= n_seeded
-    parent = np.arange(n_regions + 1)
+
+    def keep_apart(ra: int, rb: int, pass_height: float) -> bool:
+        if seeded[ra] and seeded[rb]:
+            return True
+        unseeded_peak = min(peak[r] for r in (ra, rb) if not seeded[r])
+        return pass_height < valley_ratio * unseeded_peak
+
+    # a seeded root stays the root, so merged regions take its id
+    roots = _merge_by_saddles(pairs, saddle, peak, keep_apart, prefer=seeded)
+    return roots[regions].astype(np.int32)
+
+
+def _merge_by_saddles(pairs, saddle, peak, keep_apart, prefer=None) -> np.ndarray:
+    """Merge adjacent regions, highest saddle first, unless ``keep_apart(ra, rb, saddle)``.
+
+    Union-find over region ids ``0..n`` (``peak`` float ``[n + 1]`` is updated in place to the
+    merged regions' maximum); where ``prefer`` (bool ``[n + 1]``) marks one side, that side's
+    root survives. Returns the root of every region id, int ``[n + 1]``.
+    """
+    parent = np.arange(len(peak))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -437,17 +456,13 @@ def _merge_unseeded(
 
     for index in np.argsort(-saddle):
         ra, rb = root(int(pairs[index, 0])), root(int(pairs[index, 1]))
-        if ra == rb or (seeded[ra] and seeded[rb]):
+        if ra == rb or keep_apart(ra, rb, saddle[index]):
             continue
-        unseeded_peak = min(peak[r] for r in (ra, rb) if not seeded[r])
-        if saddle[index] < valley_ratio * unseeded_peak:
-            continue
-        if seeded[rb]:
+        if prefer is not None and prefer[rb] and not prefer[ra]:
             ra, rb = rb, ra
-        parent[rb] = ra  # a seeded root stays the root, so merged regions take its id
+        parent[rb] = ra
         peak[ra] = max(peak[ra], peak[rb])
-    roots = np.array([root(i) for i in range(n_regions + 1)])
-    return roots[regions].astype(np.int32)
+    return np.array([root(i) for i in range(len(peak))])
 
 
 def split_touching(
@@ -487,29 +502,13 @@ def split_touching(
         return regions.astype(np.int32)
     peak = np.asarray(ndi.maximum(distance, regions, np.arange(n_markers + 1)), dtype=np.float64)
 
-    keys, saddle = _border_saddles(regions, distance)
-    pair_a, pair_b = keys[:, 0], keys[:, 1]
+    pairs, saddle = _border_saddles(regions, distance)
 
-    # merge tree over the few regions: union-find, highest saddle first
-    parent = np.arange(n_markers + 1)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for index in np.argsort(-saddle):
-        ra, rb = root(int(pair_a[index])), root(int(pair_b[index]))
-        if ra == rb:
-            continue
+    def keep_apart(ra: int, rb: int, pass_height: float) -> bool:
         lower_peak = min(peak[ra], peak[rb])
-        separate = (saddle[index] < saddle_ratio * lower_peak
-                    and lower_peak - saddle[index] >= min_depth)
-        if not separate:
-            parent[rb] = ra
-            peak[ra] = max(peak[ra], peak[rb])
-    roots = np.array([root(i) for i in range(n_markers + 1)])
+        return pass_height < saddle_ratio * lower_peak and lower_peak - pass_height >= min_depth
+
+    roots = _merge_by_saddles(pairs, saddle, peak, keep_apart)
     _, relabel = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
     return relabel.astype(np.int32)[regions]
 

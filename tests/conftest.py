@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
     """A synthetic data set of 24 ``tiny`` fields (Kaggle layout + truth)."""
     from hpa_embed.synthetic import generate_dataset
 
-    return generate_dataset(tmp_path_factory.mktemp("tiny") / "data", 24, "tiny", seed=7, workers=1,
-                            progress=False)
+    return generate_dataset(
+        tmp_path_factory.mktemp("tiny") / "data", 24, "tiny", seed=7, workers=1, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +32,44 @@ def tiny_store_path(tiny_dataset, tmp_path_factory) -> Path:
     from hpa_embed.crops import CropConfig, build_store
 
     out = tmp_path_factory.mktemp("store") / "store"
-    build_store(tiny_dataset / "train", tiny_dataset / "truth", out, labels=tiny_dataset / "train.csv",
-                truth=tiny_dataset, config=CropConfig(crop_size=32), workers=1)
+    build_store(
+        tiny_dataset / "train",
+        tiny_dataset / "truth",
+        out,
+        labels=tiny_dataset / "train.csv",
+        truth=tiny_dataset,
+        config=CropConfig(crop_size=32),
+        workers=1,
+    )
     return out
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """FAISS on one thread: tiny searches otherwise spin-wait in OpenMP on a busy shared CPU."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+def run_torchrun(script: str, *args, processes: int = 2) -> None:
+    """Run ``tests/<script>`` under ``torchrun`` with ``processes`` CPU processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            str(Path(__file__).with_name(script)),
+            *map(str, args),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )

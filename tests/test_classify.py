@@ -1,4 +1,3 @@
-import faiss
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -12,13 +11,7 @@ from hpa_embed.index import CellIndex
 FLAT = IndexConfig(kind="flat")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """These searches are tiny: one thread avoids OpenMP spin-waits on a busy shared CPU."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def labelled(n, d=12, classes=5, seed=0):
@@ -166,9 +159,13 @@ def test_image_scores_are_the_union_of_cells_and_fuse_back():
     assert list(images) == ["a", "b"]
     np.testing.assert_allclose(image_P, [[0.7, 0.2], [0.3, 0.9]])
     index = np.array([1, 0, 1])
-    np.testing.assert_allclose(fuse_scores(P, image_P, index, weight=0.5),
-                               [[0.2, 0.9], [0.7, 0.2], [0.3, 0.6]], rtol=1e-6)
-    np.testing.assert_allclose(fuse_scores(P, image_P, index, weight=0.5, method="geometric")[2],
-                               [0.3, np.sqrt(0.3 * 0.9)], rtol=1e-6)
+    np.testing.assert_allclose(
+        fuse_scores(P, image_P, index, weight=0.5), [[0.2, 0.9], [0.7, 0.2], [0.3, 0.6]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        fuse_scores(P, image_P, index, weight=0.5, method="geometric")[2],
+        [0.3, np.sqrt(0.3 * 0.9)],
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="weight"):
         fuse_scores(P, image_P, index, weight=2)

@@ -62,8 +62,8 @@ def test_pipeline_from_the_shell(tiny_dataset, tiny_store_path, tmp_path, capsys
     run, emb, idx = tmp_path / "run", tmp_path / "emb", tmp_path / "index"
     assert main(["train", "--store", str(tiny_store_path), "--config", str(config), "--out", str(run),
                  "--no-progress"]) == 0
-    assert main(["embed", str(run / "checkpoints" / "best"), "--store", str(tiny_store_path), "--out", str(emb),
-                 "--no-progress"]) == 0
+    best = str(run / "checkpoints" / "best")
+    assert main(["embed", best, "--store", str(tiny_store_path), "--out", str(emb), "--no-progress"]) == 0
     assert main(["index", str(emb), "--out", str(idx), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["search", str(idx), "--cell", "syn_000000_1", "-k", "3"]) == 0

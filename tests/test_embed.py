@@ -1,11 +1,7 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import run_torchrun
 
 from hpa_embed.config import ModelConfig
 from hpa_embed.embed import embed, read_embeddings
@@ -55,24 +51,7 @@ def test_embed_refuses_bad_input(tiny_store_path, checkpoint, tmp_path):
 
 def test_two_process_embedding_equals_one_process(tiny_store_path, checkpoint, tmp_path):
     single = embed(checkpoint, tiny_store_path, batch_size=16, progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(Path(__file__).with_name("embed_ddp_script.py")),
-            str(checkpoint),
-            str(tiny_store_path),
-            str(tmp_path / "ddp"),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=600,
-    )
+    run_torchrun("embed_ddp_script.py", checkpoint, tiny_store_path, tmp_path / "ddp")
     ddp = read_embeddings(tmp_path / "ddp")
     assert list(ddp.cell_ids) == list(single.cell_ids)
     np.testing.assert_allclose(ddp.X, single.X, atol=1e-5)

@@ -1,7 +1,6 @@
 import json
 import shutil
 
-import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,14 +16,7 @@ from hpa_embed.index import (
 )
 from hpa_embed.io import DataError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """These searches are tiny: one thread avoids OpenMP spin-waits on a busy shared CPU."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def clustered(n, d=16, clusters=20, spread=0.3, seed=0):
@@ -189,8 +181,7 @@ def test_search_rows_exclude_drops_last_when_self_absent(data):
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
 def test_save_load_round_trip(tmp_path, data, kind):
     X, ids, Q = data
-    index = CellIndex.build(X, ids, IndexConfig(kind=kind, nlist=8, nprobe=3, pq_m=8),
-                            progress=False)
+    index = CellIndex.build(X, ids, IndexConfig(kind=kind, nlist=8, nprobe=3, pq_m=8), progress=False)
     before = index.search(Q, 7)
     index.save(tmp_path / "idx")
     loaded = CellIndex.load(tmp_path / "idx")
@@ -272,12 +263,16 @@ def test_build_from_blocks_equals_build(data):
     X, ids, Q = data
     config = IndexConfig(kind="ivf", nlist=8, nprobe=4)
     whole = CellIndex.build(X, ids, config, progress=False)
-    blocks = ((X[i:i + 300], ids[i:i + 300]) for i in range(0, len(X), 300))
+    blocks = ((X[i : i + 300], ids[i : i + 300]) for i in range(0, len(X), 300))
     by_blocks = CellIndex.build_from_blocks(blocks, config, n_total=len(X), train_X=X, progress=False)
     np.testing.assert_array_equal(whole.search_rows(Q, 10)[1], by_blocks.search_rows(Q, 10)[1])
     np.testing.assert_array_equal(by_blocks.cell_ids, ids)
-    flat = CellIndex.build_from_blocks(iter([(X[:10], ids[:10]), (X[10:20], ids[10:20])]),
-                                       IndexConfig(kind="auto"), n_total=20, progress=False)
+    flat = CellIndex.build_from_blocks(
+        iter([(X[:10], ids[:10]), (X[10:20], ids[10:20])]),
+        IndexConfig(kind="auto"),
+        n_total=20,
+        progress=False,
+    )
     assert flat.kind == "flat" and len(flat) == 20
 
 
@@ -298,8 +293,9 @@ def test_shards_merge_to_the_single_index(tmp_path, data):
     assert merged.is_on_disk and len(merged) == len(X) and (tmp_path / "merged" / "index.ivfdata").is_file()
     for got, expected in zip(merged.search(Q, 10), single.search(Q, 10)):
         np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(merged.search_cell("cell-1999", 4)[1],
-                                  single.search_cell("cell-1999", 4)[1])
+    np.testing.assert_array_equal(
+        merged.search_cell("cell-1999", 4)[1], single.search_cell("cell-1999", 4)[1]
+    )
     with pytest.raises(ValueError, match="read-only"):
         merged.add(Q[:1], ["new"])
     # the merged directory can move and be copied
@@ -335,8 +331,9 @@ def test_index_embeddings_directory(tmp_path, data):
     X, ids, Q = data
     cells = pd.DataFrame({"cell_id": ids, "image_id": ["img"] * len(X)})
     write_embeddings(tmp_path / "emb", Embeddings(X, cells, {}))
-    index = index_embeddings(tmp_path / "emb", tmp_path / "idx", IndexConfig(kind="flat"), block_size=512,
-                             progress=False)
+    index = index_embeddings(
+        tmp_path / "emb", tmp_path / "idx", IndexConfig(kind="flat"), block_size=512, progress=False
+    )
     assert len(CellIndex.load(tmp_path / "idx")) == len(X)
     np.testing.assert_array_equal(index.search(Q, 5)[1], ids[brute_force(X, Q, 5)[1]])
 

@@ -1,4 +1,3 @@
-import faiss
 import numpy as np
 import pytest
 
@@ -6,14 +5,7 @@ from hpa_embed.config import IndexConfig
 from hpa_embed.index import CellIndex
 from hpa_embed.retrieval import retrieval_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """These searches are tiny: one thread avoids OpenMP spin-waits on a busy shared CPU."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def brute_force_metrics(Q, query_labels, R, ref_labels, leave_self_out):
@@ -37,8 +29,11 @@ def brute_force_metrics(Q, query_labels, R, ref_labels, leave_self_out):
         r_precision.append(top.mean())
         hits = np.flatnonzero(top)
         map_at_r.append(sum((j + 1) / (position + 1) for j, position in enumerate(hits)) / n_relevant)
-    return {"precision_at_1": np.mean(p_at_1), "r_precision": np.mean(r_precision),
-            "mean_average_precision_at_r": np.mean(map_at_r)}
+    return {
+        "precision_at_1": np.mean(p_at_1),
+        "r_precision": np.mean(r_precision),
+        "mean_average_precision_at_r": np.mean(map_at_r),
+    }
 
 
 def noisy_clusters(n, classes=4, d=8, seed=0):
@@ -95,8 +90,9 @@ def test_multilabel_shares_a_label_against_brute_force():
     expected = brute_force_metrics(X, Y, X, Y, True)
     assert_metrics_equal(retrieval_metrics(X, Y), expected)
     Q = X[:50] + 0.3 * rng.standard_normal((50, X.shape[1])).astype(np.float32)
-    assert_metrics_equal(retrieval_metrics(Q, Y[:50], X[50:], Y[50:]),
-                         brute_force_metrics(Q, Y[:50], X[50:], Y[50:], False))
+    assert_metrics_equal(
+        retrieval_metrics(Q, Y[:50], X[50:], Y[50:]), brute_force_metrics(Q, Y[:50], X[50:], Y[50:], False)
+    )
 
 
 def test_bad_arguments():

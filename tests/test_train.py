@@ -1,12 +1,9 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+import ddp_fit_script as script
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_torchrun
 
 import hpa_embed.train as train_module
 from hpa_embed.config import DataConfig, LossConfig, ModelConfig, TrainConfig, read_config_file
@@ -108,9 +105,6 @@ def test_resume_continues_exactly(tiny_store_path, tmp_path, monkeypatch):
 
 
 def test_two_process_ddp_matches_one_process(tiny_store_path, tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    import ddp_fit_script as script
-
     single = fit(
         tiny_store_path,
         tmp_path / "single",
@@ -120,23 +114,7 @@ def test_two_process_ddp_matches_one_process(tiny_store_path, tmp_path):
         script.TRAIN,
         progress=False,
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(Path(script.__file__)),
-            str(tiny_store_path),
-            str(tmp_path / "ddp"),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=600,
-    )
+    run_torchrun("ddp_fit_script.py", tiny_store_path, tmp_path / "ddp")
     ddp, _, _ = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last")
     for name, tensor in weights(single.model).items():
         torch.testing.assert_close(ddp.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

@@ -23,8 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,28 +80,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _tensors_for_saving(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors wants contiguous CPU tensors that share no storage; clone guarantees both
     return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
-
-
-def _replace_directory(directory: Path, write) -> None:
-    """Write a directory through ``write(tmp_dir)`` then swap it in for ``directory``.
-
-    The old directory is moved aside only after the new one is complete and removed after the
-    rename; if the rename fails, it is moved back.
-    """
-    backup = None
-    try:
-        with atomic_path(directory) as tmp:
-            tmp.mkdir()
-            write(tmp)
-            if directory.exists():
-                backup = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(directory, backup)
-    except BaseException:
-        if backup is not None and not directory.exists():
-            os.replace(backup, directory)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _check_json(value: Any, what: str) -> None:
@@ -169,7 +145,9 @@ def save_checkpoint(
         if state is not None:
             save_state(tmp / STATE_FILE, state)
 
-    _replace_directory(directory, write)
+    with atomic_path(directory) as tmp:  # weights, config and state are replaced together
+        tmp.mkdir()
+        write(tmp)
     log.info("saved checkpoint %s (%d tensors)", directory, len(tensors))
     return directory
 
