@@ -208,84 +208,61 @@ def _wrap(model: CellEmbeddingModel, context: DistributedContext) -> nn.Module:
 # --------------------------------------------------------------------------- one epoch
 
 
-def _forward_loss(
-    network,
-    criterion,
-    crops,
-    targets,
-    model_config,
-    device,
-    train,
-    augment_generator,
-    data: DataConfig,
-    augment: bool,
-):
-    """Preprocess (and augment) a batch of uint8 crops, run the network, compute the loss."""
-    x = preprocess(crops.to(device, non_blocking=True), model_config)
-    if augment:
-        x = augment_batch(x, augment_generator, data.intensity_jitter)
-    if train.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    autocast, _ = _autocast(train, device)
-    with autocast:
-        output = network(x)
-    output = type(output)(*(t.float() for t in output))
-    total, parts = criterion(output, targets.to(device))
-    return output, total, parts
+@dataclass
+class _Runner:
+    """What every step of a run shares: the (possibly DDP-wrapped) network, the loss, the configs."""
+
+    network: nn.Module
+    criterion: CombinedLoss
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+    device: torch.device
+
+    def forward_loss(self, crops: torch.Tensor, targets: torch.Tensor, generator=None, augment=False):
+        """Preprocess (and augment) uint8 crops, run the network -> (output, total loss, parts)."""
+        x = preprocess(crops.to(self.device, non_blocking=True), self.model)
+        if augment:
+            x = augment_batch(x, generator, self.data.intensity_jitter)
+        if self.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast, _ = _autocast(self.train, self.device)
+        with autocast:
+            output = self.network(x)
+        output = type(output)(*(t.float() for t in output))
+        total, parts = self.criterion(output, targets.to(self.device))
+        return output, total, parts
 
 
 _COMPONENTS = ("cls", "metric", "total")
 
 
 def _train_epoch(
-    network,
-    model,
-    criterion,
-    optimizer,
-    scheduler,
-    scaler,
-    loader,
-    model_config,
-    train,
-    data,
-    context,
-    epoch,
-    progress,
+    runner: _Runner, model, optimizer, scheduler, scaler, loader, context, epoch, progress
 ) -> dict[str, float]:
-    network.train()
-    if train.batchnorm == "frozen":
+    runner.network.train()
+    if runner.train.batchnorm == "frozen":
         _set_batchnorm_frozen(model)
-    generator = torch.Generator().manual_seed(train.seed * 1_000_003 + epoch * 7919 + context.rank)
+    generator = torch.Generator().manual_seed(runner.train.seed * 1_000_003 + epoch * 7919 + context.rank)
     sums = torch.zeros(len(_COMPONENTS) + 2, dtype=torch.float64)  # components, triplets, cells
     started = time.perf_counter()
     bar = tqdm(
         loader,
-        desc=f"epoch {epoch + 1}/{train.epochs}",
+        desc=f"epoch {epoch + 1}/{runner.train.epochs}",
         disable=not (progress and context.is_main),
         leave=False,
         unit="batch",
     )
     for crops, targets in bar:
         optimizer.zero_grad(set_to_none=True)
-        _, total, parts = _forward_loss(
-            network,
-            criterion,
-            crops,
-            targets,
-            model_config,
-            context.device,
-            train,
-            generator,
-            data,
-            augment=data.augment,
-        )
+        _, total, parts = runner.forward_loss(crops, targets, generator, augment=runner.data.augment)
         if scaler is not None:
             scaler.scale(total).backward()
             scaler.unscale_(optimizer)
         else:
             total.backward()
-        if train.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        if runner.train.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), runner.train.grad_clip)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -306,17 +283,15 @@ def _train_epoch(
 
 
 @torch.inference_mode()
-def _evaluate(
-    network, model, criterion, split: _Split, model_config, train, data, context
-) -> dict[str, float]:
+def _evaluate(runner: _Runner, split: _Split, context) -> dict[str, float]:
     """Validation losses (per component), accuracy and macro AP over a whole split."""
     from sklearn.metrics import average_precision_score
 
-    network.eval()
+    runner.network.eval()
     dataset = split.dataset
     sampler = ShuffledBatchSampler(
         len(dataset),
-        data.eval_batch_size * context.world_size,
+        runner.data.eval_batch_size * context.world_size,
         shuffle=False,
         drop_last=False,
         rank=context.rank,
@@ -326,9 +301,7 @@ def _evaluate(
     sums = torch.zeros(len(_COMPONENTS) + 1, dtype=torch.float64)
     for indices in sampler:
         crops, targets = dataset.__getitems__(indices)
-        output, _, parts = _forward_loss(
-            network, criterion, crops, targets, model_config, context.device, train, None, data, augment=False
-        )
+        output, _, parts = runner.forward_loss(crops, targets)
         sums[:3] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * len(indices)
         sums[3] += len(indices)
         logits_parts.append(output.logits.float().cpu())
@@ -350,7 +323,7 @@ def _evaluate(
         accuracy = float(Y[np.arange(len(Y)), scores.argmax(1)].mean())
     else:
         scores = torch.softmax(logits, 1).numpy()
-        Y = np.eye(model_config.num_classes, dtype=bool)[targets]
+        Y = np.eye(runner.model.num_classes, dtype=bool)[targets]
         accuracy = float((scores.argmax(1) == targets).mean())
     present = Y.any(axis=0)
     macro_ap = float(
@@ -504,46 +477,24 @@ def fit(
     if context.is_main:
         write_config_file(out / "config.toml", configs)
 
-    network, frozen = None, None
+    runner = _Runner(None, criterion, model_config, train_config, data_config, context.device)
+    frozen = None
     for epoch in range(start_epoch, train_config.epochs):
         if bad_epochs >= (train_config.early_stopping_patience or math.inf):
             break
         want_frozen = epoch < train_config.freeze_backbone_epochs
         if want_frozen != frozen:  # DDP must be rebuilt when the set of trained parameters changes
             network_model.freeze_backbone(want_frozen)
-            network, frozen = _wrap(network_model, context), want_frozen
+            runner.network, frozen = _wrap(network_model, context), want_frozen
         sampler.set_epoch(epoch)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "backbone_frozen": want_frozen}
         row.update(
             _train_epoch(
-                network,
-                network_model,
-                criterion,
-                optimizer,
-                scheduler,
-                scaler,
-                loader,
-                model_config,
-                train_config,
-                data_config,
-                context,
-                epoch,
-                progress,
+                runner, network_model, optimizer, scheduler, scaler, loader, context, epoch, progress
             )
         )
         if validation is not None:
-            row.update(
-                _evaluate(
-                    network,
-                    network_model,
-                    criterion,
-                    validation,
-                    model_config,
-                    train_config,
-                    data_config,
-                    context,
-                )
-            )
+            row.update(_evaluate(runner, validation, context))
         monitored = row.get("val_total", row["train_total"])
         improved = monitored < best_loss
         best_loss, bad_epochs = (monitored, 0) if improved else (best_loss, bad_epochs + 1)
@@ -678,6 +629,7 @@ def lr_find(
     optimizer = _create_optimizer(network, train_config)
     factor = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
     network.train()
+    runner = _Runner(network, criterion, model_config, train_config, data_config, device)
     generator = torch.Generator().manual_seed(train_config.seed)
     lrs, losses = [], []
     average, best, step = 0.0, math.inf, 0
@@ -691,18 +643,7 @@ def lr_find(
                 group["lr"] = lr
             crops, targets = training.dataset.__getitems__(indices)
             optimizer.zero_grad(set_to_none=True)
-            _, total, _ = _forward_loss(
-                network,
-                criterion,
-                crops,
-                targets,
-                model_config,
-                device,
-                train_config,
-                generator,
-                data_config,
-                augment=data_config.augment,
-            )
+            _, total, _ = runner.forward_loss(crops, targets, generator, augment=data_config.augment)
             total.backward()
             optimizer.step()
             average = smoothing * average + (1 - smoothing) * total.item()

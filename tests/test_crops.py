@@ -23,7 +23,6 @@ from hpa_embed.io import DataError, LabelTable, read_field, write_labels, write_
 from hpa_embed.labels import CHANNELS, HPA2021, RGB_CHANNELS
 from hpa_embed.store import CellStore
 
-REAL = Path("/work/shared/data/hpa-real")
 NO_SCALING = dict(normalisation="none", margin=0.0)
 
 
@@ -435,30 +434,15 @@ def test_assign_splits_is_by_image_stratified_and_stable():
 # --------------------------------------------------------------------------- the real field
 
 
-def threshold_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nuclei by Otsu on blue, cells by watershed from them on the other channels."""
-    from scipy import ndimage
-    from skimage.filters import gaussian, threshold_otsu
-    from skimage.measure import label
-    from skimage.segmentation import watershed
+def test_real_field_crops_into_a_store(hpa_real, tmp_path):
+    from hpa_embed.segment import ClassicalSegmenter
 
-    blue = gaussian(image[2], 4)
-    blobs = label(blue > threshold_otsu(blue))
-    nuclei = label(np.isin(blobs, np.flatnonzero(np.bincount(blobs.ravel()) >= 2000)) & (blobs > 0))
-    reference = gaussian(image[[0, 1, 3]].max(0), 4)
-    foreground = ndimage.binary_fill_holes(reference > threshold_otsu(reference) * 0.5) | (nuclei > 0)
-    cells = watershed(-reference, nuclei, mask=foreground)
-    return cells.astype(np.int32), np.where(cells == nuclei, nuclei, 0).astype(np.int32)
-
-
-@pytest.mark.skipif(not (REAL / "fov").is_dir(), reason="real HPA fixture not present")
-def test_real_field_crops_into_a_store(tmp_path):
-    image = read_field(REAL / "fov", "57_F11_1")
-    cell_mask, nucleus_mask = threshold_masks(image)
+    image = read_field(hpa_real / "fov", "57_F11_1")
+    cell_mask, nucleus_mask = ClassicalSegmenter().segment(image)
     write_mask(tmp_path / "masks" / "57_F11_1_cellmask.png", cell_mask)
     write_mask(tmp_path / "masks" / "57_F11_1_nucleimask.png", nucleus_mask)
-    report = build_store(REAL / "fov", tmp_path / "masks", tmp_path / "store",
-                         labels=REAL / "labels.csv", workers=1)
+    report = build_store(hpa_real / "fov", tmp_path / "masks", tmp_path / "store",
+                         labels=hpa_real / "labels.csv", workers=1)
     store = CellStore.open(tmp_path / "store")
     assert not report.fields_failed and 3 <= len(store) == int(cell_mask.max())
     crops = store.get_crops(np.arange(len(store)))
