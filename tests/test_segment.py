@@ -124,7 +124,7 @@ def test_empty_field_gives_empty_masks(background):
 def test_noise_floor_ignores_texture_inside_cells():
     """The threshold floor comes from the background's noise, not from fibres inside cells: a
     crowded, textured field would otherwise lose the dim rims of its cells."""
-    from hpa_embed.segment import _noise_sigma
+    from hpa_embed.segment.base import _noise_sigma
 
     rng = np.random.default_rng(3)
     plane = rng.normal(0.02, 0.01, (200, 200)).astype(np.float32)

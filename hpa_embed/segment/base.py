@@ -1,0 +1,254 @@
+"""The segmentation protocol, the mask conventions, pixel-size estimation and shared array helpers."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: Pixel size (µm) of a 2048² Kaggle 2021 / HPA Cell Atlas field (63x objective, confocal).
+REFERENCE_PIXEL_SIZE: float = 0.08
+#: Side (px) of that field: a field of another side is assumed, before measuring, to span the
+#: same ~164 µm (the 2018 set's 512² fields are the 2048² ones downsampled by 4: 0.32 µm/px).
+REFERENCE_FIELD_SIDE: int = 2048
+
+_BLUE, _RED, _YELLOW = 2, 0, 3
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Anything that segments one field into cells and nuclei.
+
+    Implementations must be picklable (they are sent to worker processes by
+    :func:`segment_directory`).
+    """
+
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Segment one field.
+
+        Parameters
+        ----------
+        image : float32 ``[C, H, W]``
+            Channels (red, green, blue, yellow) or (red, green, blue), values in [0, 1].
+
+        Returns
+        -------
+        cell_mask, nucleus_mask : int32 ``[H, W]``
+            0 = background; nucleus id == id of the cell holding it; ids 1..n.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- mask conventions
+
+
+def check_masks(cell_mask: np.ndarray, nucleus_mask: np.ndarray, name: str = "masks") -> int:
+    """Check the cell/nucleus convention; return the number of cells.
+
+    Checks: same 2-D shape, integer ids >= 0, every nucleus pixel lies in the cell of the same id,
+    and the set of cell ids equals the set of nucleus ids (one nucleus per cell and vice versa).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and the first rule broken.
+    """
+    cell_mask = np.asarray(cell_mask)
+    nucleus_mask = np.asarray(nucleus_mask)
+    if cell_mask.ndim != 2 or cell_mask.shape != nucleus_mask.shape:
+        raise ValueError(
+            f"{name}: cell mask {cell_mask.shape} and nucleus mask {nucleus_mask.shape} must be "
+            "2-D and of the same shape"
+        )
+    for label, mask in (("cell", cell_mask), ("nucleus", nucleus_mask)):
+        if not np.issubdtype(mask.dtype, np.integer):
+            raise ValueError(f"{name}: {label} mask must hold integer ids, got {mask.dtype}")
+        if mask.size and mask.min() < 0:
+            raise ValueError(f"{name}: {label} mask has negative ids")
+    in_nucleus = nucleus_mask > 0
+    mismatch = in_nucleus & (cell_mask != nucleus_mask)
+    if mismatch.any():
+        ids = np.unique(nucleus_mask[mismatch])
+        raise ValueError(
+            f"{name}: {mismatch.sum()} nucleus pixels lie outside the cell of the same id "
+            f"(nucleus ids {ids[:10].tolist()})"
+        )
+    cell_ids = np.unique(cell_mask[cell_mask > 0])
+    nucleus_ids = np.unique(nucleus_mask[in_nucleus])
+    without_nucleus = np.setdiff1d(cell_ids, nucleus_ids)
+    if without_nucleus.size:
+        raise ValueError(
+            f"{name}: {without_nucleus.size} cells have no nucleus (ids {without_nucleus[:10].tolist()})"
+        )
+    return int(cell_ids.size)
+
+
+def relabel_masks(cell_mask: np.ndarray, nucleus_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bring two label masks to the convention; return int32 ``(cell_mask, nucleus_mask)``.
+
+    Nucleus pixels take the id of the cell they lie in (pixels outside every cell are dropped),
+    cells without a nucleus are dropped, and the surviving ids are renumbered 1..n in order.
+    """
+    cell_mask = np.asarray(cell_mask)
+    nucleus_mask = np.asarray(nucleus_mask)
+    if cell_mask.shape != nucleus_mask.shape:
+        raise ValueError(f"cell mask {cell_mask.shape} and nucleus mask {nucleus_mask.shape} differ")
+    nucleus_cells = np.where(nucleus_mask > 0, cell_mask, 0)
+    keep = np.unique(nucleus_cells)
+    keep = keep[keep > 0]
+    # a lookup table renumbers in one pass over the image, whatever the ids were
+    table = np.zeros(int(cell_mask.max(initial=0)) + 1, dtype=np.int32)
+    table[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return table[cell_mask], table[nucleus_cells]
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def prior_pixel_size(side: int) -> float:
+    """Pixel size (µm) assumed for a field ``side`` px wide before anything is measured.
+
+    The field is taken to span the 2048² reference field (2048 x 0.08 µm ~ 164 µm): 512 px ->
+    0.32 µm, 3072 px -> 0.053 µm. :func:`estimate_pixel_size` corrects this from the nuclei.
+    """
+    return REFERENCE_PIXEL_SIZE * REFERENCE_FIELD_SIDE / float(side)
+
+
+def estimate_pixel_size(
+    image: np.ndarray,
+    nucleus_diameter: float = 12.0,
+    max_correction: float = 3.0,
+) -> float:
+    """Pixel size (µm) of a field from the size of its nuclei.
+
+    Thresholds the blue channel at a coarse resolution, takes the median equivalent diameter of
+    the nuclei that do not touch the border, and returns ``nucleus_diameter / median``. The
+    result is kept within ``max_correction`` times :func:`prior_pixel_size` either way (HPA
+    fields do not differ by more); with no measurable nucleus the prior is returned.
+
+    Parameters
+    ----------
+    image : float32 ``[C, H, W]``
+        Channel 2 is the nucleus (blue) channel.
+    nucleus_diameter : float
+        Typical nucleus diameter in µm (12 µm: HPA cell lines at 0.08 µm/px measure 11-14 µm).
+    """
+    _check_image(image)
+    side = max(image.shape[1:])
+    prior = prior_pixel_size(side)
+    # coarse enough for speed (~256 px), fine enough to resolve small nuclei (>= 8 px across)
+    factor = max(1, int(min(side / 256, nucleus_diameter / prior / 8)))
+    blue = _block_mean(image[_BLUE], factor)
+    smoothed = ndi.gaussian_filter(blue, 1.0)
+    threshold = _foreground_threshold(smoothed, blue)
+    foreground = ndi.binary_fill_holes(smoothed > threshold)
+    labels, count = ndi.label(foreground)
+    if count == 0:
+        return prior
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    inner = np.setdiff1d(np.arange(1, count + 1), border)
+    areas = areas[inner - 1] if inner.size else areas
+    # specks of a few coarse pixels are noise or debris, not nuclei
+    areas = areas[areas >= 4]
+    if areas.size == 0:
+        return prior
+    diameter_px = np.sqrt(4 * np.median(areas) / np.pi) * factor
+    measured = nucleus_diameter / diameter_px
+    return float(np.clip(measured, prior / max_correction, prior * max_correction))
+
+
+# --------------------------------------------------------------------------- array helpers
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[0] not in (3, 4):
+        shape = getattr(image, "shape", None)
+        raise ValueError(
+            f"expected a field float [C, H, W] with C = 3 (red, green, blue) or 4 (red, green, "
+            f"blue, yellow), got shape {shape}"
+        )
+    if min(image.shape[1:]) < 8:
+        raise ValueError(f"field of shape {image.shape} is too small to segment")
+
+
+def _block_mean(plane: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor x factor`` blocks, float32 ``[ceil(H/f), ceil(W/f)]`` (edge-padded)."""
+    plane = np.asarray(plane, dtype=np.float32)
+    if factor == 1:
+        return plane.copy()
+    height, width = plane.shape
+    rows, cols = -(-height // factor), -(-width // factor)
+    pad_rows, pad_cols = rows * factor - height, cols * factor - width
+    if pad_rows or pad_cols:
+        plane = np.pad(plane, ((0, pad_rows), (0, pad_cols)), mode="edge")
+    return plane.reshape(rows, factor, cols, factor).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _interpolation_weights(
+    size: int, low_size: int, factor: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``size`` pixels: the two nearest block centres and the weight of the upper."""
+    position = np.clip((np.arange(size) + 0.5) / factor - 0.5, 0, low_size - 1)
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, low_size - 1)
+    return lower, upper, (position - lower).astype(np.float32)
+
+
+def _bilinear_at(
+    low: np.ndarray, ys: np.ndarray, xs: np.ndarray, factor: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """Bilinear upsampling of a block-mean image, evaluated at full-resolution pixels only."""
+    r0, r1, wy = (a[ys] for a in _interpolation_weights(shape[0], low.shape[0], factor))
+    c0, c1, wx = (a[xs] for a in _interpolation_weights(shape[1], low.shape[1], factor))
+    top = low[r0, c0] + (low[r0, c1] - low[r0, c0]) * wx
+    bottom = low[r1, c0] + (low[r1, c1] - low[r1, c0]) * wx
+    return top + (bottom - top) * wy
+
+
+def _upsample_nearest(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    if factor == 1:
+        return labels[: shape[0], : shape[1]]
+    rows = np.arange(shape[0]) // factor
+    cols = np.arange(shape[1]) // factor
+    return labels[rows][:, cols]
+
+
+def _noise_sigma(plane: np.ndarray, smoothed: np.ndarray | None = None) -> float:
+    """Robust pixel-noise estimate: scaled MAD of the residual from a 3x3 mean.
+
+    With ``smoothed`` given, only its darkest quarter counts: the background's noise is what a
+    threshold must clear, and inside cells the residual also holds real texture (fibres,
+    granules) that would inflate the estimate in a crowded field.
+    """
+    residual = plane - ndi.uniform_filter(plane, 3)
+    if smoothed is not None:
+        residual = residual[smoothed <= np.percentile(smoothed, 25)]
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
+
+
+def _foreground_threshold(
+    smoothed: np.ndarray, raw: np.ndarray, factor: float = 1.0, min_snr: float = 6.0
+) -> float:
+    """``factor`` x Otsu's threshold, but never within ``min_snr`` noise sigmas of background.
+
+    The floor keeps a field without signal (noise or a constant) from being split in two by
+    Otsu's method: its foreground comes out empty.
+    """
+    from skimage.filters import threshold_otsu
+
+    background = float(np.percentile(smoothed, 2))
+    floor = background + max(min_snr * _noise_sigma(raw, smoothed), 1e-4)
+    if float(smoothed.max()) <= floor:
+        return floor
+    return max(factor * float(threshold_otsu(smoothed)), floor)
+
+
+def _remove_small_labels(labels: np.ndarray, min_area: float) -> np.ndarray:
+    areas = np.bincount(labels.ravel())
+    small = areas < min_area
+    small[0] = False
+    if small.any():
+        labels = np.where(small[labels], 0, labels)
+    return labels

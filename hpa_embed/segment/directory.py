@@ -1,0 +1,151 @@
+"""Segmenting every field of a directory, in parallel and resumably."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import DataError, list_field_ids, read_field, write_mask
+from .base import Segmenter, check_masks
+from .classical import ClassicalSegmenter
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- directories
+
+
+@dataclass
+class SegmentationReport:
+    """What :func:`segment_directory` did.
+
+    Attributes
+    ----------
+    done : list of str
+        Field IDs segmented in this run.
+    skipped : list of str
+        Field IDs whose two mask files already existed.
+    failed : dict of str to str
+        Field ID -> reason, for fields that could not be read or segmented.
+    n_cells : dict of str to int
+        Cells found per field segmented in this run.
+    """
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    n_cells: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.done)} fields segmented ({sum(self.n_cells.values())} cells), "
+            f"{len(self.skipped)} already done, {len(self.failed)} failed"
+        )
+
+
+def mask_paths(out_dir: str | os.PathLike, image_id: str, mask_format: str = "png") -> tuple[Path, Path]:
+    """``(<out>/<ID>_cellmask.<fmt>, <out>/<ID>_nucleimask.<fmt>)``, fmt ``png`` or ``npz``."""
+    if mask_format not in ("png", "npz"):
+        raise ValueError(f"mask_format must be 'png' or 'npz', got {mask_format!r}")
+    out_dir = Path(out_dir)
+    return (out_dir / f"{image_id}_cellmask.{mask_format}", out_dir / f"{image_id}_nucleimask.{mask_format}")
+
+
+def _segment_one(
+    images_dir: str, out_dir: str, image_id: str, segmenter: Segmenter, mask_format: str
+) -> tuple[str, int | None, str | None]:
+    """Worker: segment one field and write its masks -> (id, n_cells, error or None)."""
+    try:
+        image = read_field(images_dir, image_id)
+        cell_mask, nucleus_mask = segmenter.segment(image)
+        n_cells = check_masks(cell_mask, nucleus_mask, name=image_id)
+        cell_path, nucleus_path = mask_paths(out_dir, image_id, mask_format)
+        # nucleus mask first: the cell mask's presence then marks a finished field
+        write_mask(nucleus_path, nucleus_mask)
+        write_mask(cell_path, cell_mask)
+        return image_id, n_cells, None
+    except (DataError, ValueError, OSError, RuntimeError) as error:
+        return image_id, None, f"{type(error).__name__}: {error}"
+
+
+def segment_directory(
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    segmenter: Segmenter | None = None,
+    workers: int | None = None,
+    mask_format: str = "png",
+    progress: bool = True,
+    image_ids: Sequence[str] | None = None,
+) -> SegmentationReport:
+    """Segment every field in a directory; write ``<ID>_cellmask`` and ``<ID>_nucleimask``.
+
+    Fields whose two mask files exist are skipped (a run can be resumed). A field that cannot be
+    read or segmented is logged and reported, and the others are still done.
+
+    Parameters
+    ----------
+    images_dir : path
+        Fields as ``<ID>_{red,green,blue,yellow}.<ext>`` (see :func:`hpa_embed.io.read_field`).
+    out_dir : path
+        Where the masks go (created if needed).
+    segmenter : Segmenter or None
+        None: :class:`ClassicalSegmenter` with its defaults. Must be picklable for ``workers > 1``.
+    workers : int or None
+        Worker processes; None: one per CPU (at most the number of fields). 1: in this process.
+    mask_format : {"png", "npz"}
+        16-bit PNG (at most 65535 cells) or compressed ``.npz`` (key ``mask``).
+    progress : bool
+        Show a tqdm progress bar.
+    image_ids : sequence of str or None
+        Only these fields (default: every field in ``images_dir``).
+
+    Returns
+    -------
+    SegmentationReport
+    """
+    from tqdm.auto import tqdm
+
+    segmenter = segmenter if segmenter is not None else ClassicalSegmenter()
+    ids = list(image_ids) if image_ids is not None else list_field_ids(images_dir)
+    report = SegmentationReport()
+    todo = []
+    for image_id in ids:
+        if all(path.is_file() for path in mask_paths(out_dir, image_id, mask_format)):
+            report.skipped.append(image_id)
+        else:
+            todo.append(image_id)
+    logger.info("segmenting %d fields (%d already done) from %s", len(todo), len(report.skipped), images_dir)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    workers = max(1, min(workers, len(todo)))
+    args = (str(images_dir), str(out_dir))
+    bar = tqdm(total=len(todo), desc="segment", unit="field", disable=not progress)
+    try:
+        if workers == 1:
+            results = (_segment_one(*args, image_id, segmenter, mask_format) for image_id in todo)
+            for result in results:
+                _record(report, *result)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [
+                    pool.submit(_segment_one, *args, image_id, segmenter, mask_format) for image_id in todo
+                ]
+                for future in as_completed(futures):
+                    _record(report, *future.result())
+                    bar.update()
+    finally:
+        bar.close()
+    logger.info("%s", report)
+    return report
+
+
+def _record(report: SegmentationReport, image_id: str, n_cells: int | None, error: str | None):
+    if error is None:
+        report.done.append(image_id)
+        report.n_cells[image_id] = n_cells
+    else:
+        logger.warning("field %s skipped: %s", image_id, error)
+        report.failed[image_id] = error

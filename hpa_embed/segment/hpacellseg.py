@@ -1,0 +1,211 @@
+"""Adapter over HPA Cell Segmentation (package ``hpacellseg``), with weight files the user names."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from .base import _BLUE, _RED, _YELLOW, _check_image, estimate_pixel_size, relabel_masks
+
+# --------------------------------------------------------------------------- HPA Cell Segmentation
+
+HPACELLSEG_INSTALL = "pip install git+https://github.com/CellProfiling/HPA-Cell-Segmentation.git"
+#: Pixel size (µm) the DPN-UNet models see: 2048² fields at 0.08 µm scaled by 0.25.
+HPACELLSEG_MODEL_PIXEL_SIZE: float = 0.32
+
+
+def _to_uint8(plane: np.ndarray) -> np.ndarray:
+    return (np.clip(plane, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def hpacellseg_inputs(
+    image: np.ndarray, multi_channel_model: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The per-field channel arrays ``hpacellseg`` expects, from one of our fields.
+
+    Parameters
+    ----------
+    image : float32 ``[C, H, W]``
+        (red, green, blue[, yellow]) in [0, 1].
+    multi_channel_model : bool
+        True for the 3-channel cell model (microtubules, ER, nuclei): needs the yellow channel.
+        False for the 2-channel model, which takes no ER image (``None``).
+
+    Returns
+    -------
+    microtubules, er, nuclei : uint8 ``[H, W]`` (er None for the 2-channel model)
+        8-bit, as the package reads its PNGs (its models were trained on 8-bit HPA images).
+    """
+    _check_image(image)
+    if multi_channel_model and image.shape[0] <= _YELLOW:
+        raise ValueError(
+            "the 3-channel HPA cell model needs the yellow (ER) channel; this field has "
+            f"{image.shape[0]} channels (use multi_channel_model=False with a 2-channel model)"
+        )
+    er = _to_uint8(image[_YELLOW]) if multi_channel_model else None
+    return _to_uint8(image[_RED]), er, _to_uint8(image[_BLUE])
+
+
+def _check_prediction(prediction: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:
+    prediction = np.asarray(prediction)
+    if prediction.shape != (*shape, 3) or prediction.dtype != np.uint8:
+        raise ValueError(
+            f"hpacellseg {what} prediction should be uint8 [{shape[0]}, {shape[1]}, 3], got "
+            f"{prediction.dtype} {list(prediction.shape)}"
+        )
+    return prediction
+
+
+def masks_from_hpacellseg(nuclei_label: np.ndarray, cell_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Our masks from the output of ``hpacellseg.utils.label_cell``.
+
+    ``label_cell`` returns ``(nuclei_label, cell_label)``, uint8/uint16 (ids can be sparse and a
+    cell can end up without a nucleus after its size filters). Returns int32
+    ``(cell_mask, nucleus_mask)`` with ids 1..n, nucleus ids equal to cell ids, no cell without a
+    nucleus (see :func:`relabel_masks`).
+    """
+    nuclei_label = np.asarray(nuclei_label)
+    cell_label = np.asarray(cell_label)
+    if nuclei_label.ndim != 2 or nuclei_label.shape != cell_label.shape:
+        raise ValueError(
+            f"label_cell output: nuclei {nuclei_label.shape} and cells {cell_label.shape} must be "
+            "2-D masks of the same shape"
+        )
+    return relabel_masks(cell_label.astype(np.int64), nuclei_label.astype(np.int64))
+
+
+@dataclass
+class HPACellSegmenter:
+    """Adapter over HPA Cell Segmentation (``hpacellseg``, DPN-UNet nucleus and cell models).
+
+    The package is not on PyPI: install it with
+    ``pip install git+https://github.com/CellProfiling/HPA-Cell-Segmentation.git`` and download
+    its weight files yourself (see ``docs/segmentation.md``). Nothing is ever downloaded here:
+    missing files are an error, unlike the package's own default.
+
+    The weight files are whole pickled torch modules (the package's format); they are loaded with
+    ``torch.load(weights_only=False)``, which runs code stored in the file, so name only files
+    you obtained from the HPA.
+
+    Parameters
+    ----------
+    nuclei_model, cell_model : path
+        Weight files of the nucleus model (``NUCLEI_MODEL_URL`` in ``hpacellseg/constants.py``)
+        and of the cell model (``MULTI_CHANNEL_CELL_MODEL_URL``, or ``TWO_CHANNEL_CELL_MODEL_URL``
+        with ``multi_channel_model=False``).
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; required, and a CUDA device that is not there is
+        an error (the package would silently fall back to the CPU).
+    scale_factor : float or None
+        Resize factor before the models. None: ``pixel_size / 0.32`` so the models see the
+        scale they were trained at (0.25 for a 2048² field at 0.08 µm/px).
+    pixel_size : float or None
+        µm per pixel when ``scale_factor`` is None; None: :func:`estimate_pixel_size`.
+    multi_channel_model : bool
+        True: cell model on (microtubules, ER, nuclei); False: (microtubules, nuclei).
+    padding : bool
+        Passed on: pad to a multiple of 32 before the models.
+    package : module or None
+        The ``hpacellseg`` package (None: imported on first use). Injectable for tests.
+    """
+
+    nuclei_model: str | os.PathLike
+    cell_model: str | os.PathLike
+    device: str
+    scale_factor: float | None = None
+    pixel_size: float | None = None
+    multi_channel_model: bool = True
+    padding: bool = False
+    package: ModuleType | None = field(default=None, repr=False)
+    _segmentator: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not (
+            self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")
+        ):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        for what, path in (("nucleus", self.nuclei_model), ("cell", self.cell_model)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"HPA Cell Segmentation {what} model weights not found: {path} (download "
+                    "them as described in docs/segmentation.md; nothing is downloaded for you)"
+                )
+
+    # the built models stay in the process that built them; a worker builds its own
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_segmentator"] = None
+        if isinstance(state["package"], ModuleType):
+            state["package"] = state["package"].__name__
+        return state
+
+    def _package(self) -> ModuleType:
+        package = self.package
+        if isinstance(package, str):
+            package = importlib.import_module(package)
+        if package is None:
+            try:
+                package = importlib.import_module("hpacellseg")
+            except ImportError as error:
+                raise ImportError(
+                    f"HPACellSegmenter needs the hpacellseg package: {HPACELLSEG_INSTALL} ({error})"
+                ) from error
+        for module in ("cellsegmentator", "utils"):
+            if not hasattr(package, module):
+                importlib.import_module(f"{package.__name__}.{module}")
+        return package
+
+    def _build(self) -> object:
+        if self._segmentator is not None:
+            return self._segmentator
+        import torch
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device!r} requested but CUDA is not available")
+        package = self._package()
+        models = [
+            torch.load(path, map_location=torch.device(self.device), weights_only=False)
+            for path in (self.nuclei_model, self.cell_model)
+        ]
+        self._segmentator = package.cellsegmentator.CellSegmentator(
+            nuclei_model=models[0],
+            cell_model=models[1],
+            scale_factor=1.0,  # set per field in segment()
+            device=self.device,
+            padding=self.padding,
+            multi_channel_model=self.multi_channel_model,
+        )
+        return self._segmentator
+
+    def resolve_scale_factor(self, image: np.ndarray) -> float:
+        """The resize factor the models get for ``image``."""
+        if self.scale_factor is not None:
+            return float(self.scale_factor)
+        pixel_size = self.pixel_size if self.pixel_size is not None else estimate_pixel_size(image)
+        return float(pixel_size / HPACELLSEG_MODEL_PIXEL_SIZE)
+
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Segment one field; see :meth:`Segmenter.segment`."""
+        microtubules, er, nuclei = hpacellseg_inputs(image, self.multi_channel_model)
+        segmentator = self._build()
+        segmentator.scale_factor = self.resolve_scale_factor(image)
+        package = self._package()
+        shape = image.shape[1:]
+        try:
+            nuclei_pred = segmentator.pred_nuclei([nuclei])[0]
+            cell_pred = segmentator.pred_cells([[microtubules], None if er is None else [er], [nuclei]])[0]
+            nuclei_pred = _check_prediction(nuclei_pred, shape, "nucleus")
+            cell_pred = _check_prediction(cell_pred, shape, "cell")
+            nuclei_label, cell_label = package.utils.label_cell(nuclei_pred, cell_pred)
+        except (AttributeError, TypeError) as error:
+            # the package pins old NumPy/scikit-image APIs (np.bool, multichannel=)
+            raise RuntimeError(
+                f"hpacellseg failed ({type(error).__name__}: {error}); it needs numpy<1.24 and "
+                "scikit-image<0.19, see docs/segmentation.md"
+            ) from error
+        return masks_from_hpacellseg(nuclei_label, cell_label)
