@@ -1,11 +1,11 @@
-# `make test` and `make demo` each set up .venv on a fresh machine first.
+# `make demo` and `make test` each set up .venv on a fresh machine first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-all demo bench lint clean
+.PHONY: venv test test-slow test-all demo bench lint clean
 
 venv: $(STAMP)
 
@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,viz]'
 	touch $(STAMP)
 
+# the quick suite (a few minutes on 2 cores); the slow tests (torchrun, ...) are marked `slow`
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: venv
-	$(BIN)/python -m pytest -q
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
+
+# everything: the quick suite, then the slow tests
+test-all: test test-slow
 
 demo: venv
 	$(BIN)/hpa-embed demo --out demo-output
@@ -33,4 +37,4 @@ lint: venv
 	$(BIN)/ruff check hpa_embed tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) demo-output bench-output
+	rm -rf $(VENV) demo-output bench-output runs

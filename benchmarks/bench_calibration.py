@@ -30,8 +30,8 @@ from common import machine, synthetic_store
 
 from hpa_embed.classify import head_probabilities
 from hpa_embed.config import DataConfig, LossConfig, ModelConfig, TrainConfig
-from hpa_embed.crops import select_cells
-from hpa_embed.embed import embed
+from hpa_embed.data import cell_targets
+from hpa_embed.embed import embed_store
 from hpa_embed.evaluate import cell_level_ap
 from hpa_embed.store import CellStore
 from hpa_embed.train import fit
@@ -64,7 +64,8 @@ def intensity_baseline(store: CellStore) -> float:
     from sklearn.preprocessing import StandardScaler
 
     def features(split: str):
-        rows, Y = select_cells(store.cells, "true_labels", split=split)
+        positions, Y = cell_targets(store.cells, "true_labels", splits=split)
+        rows = store.cells["row"].to_numpy()[positions]
         crops = store.get_crops(rows).astype(np.float32) / 255
         inside = crops.max(axis=1, keepdims=True) > 0
         count = inside.sum(axis=(2, 3)).clip(min=1)
@@ -104,7 +105,8 @@ def main() -> None:
         tmp = Path(tmp)
         store_path = synthetic_store(tmp, args.crop_size, args.images, args.preset)
         store = CellStore.open(store_path)
-        test_rows, Y_test = select_cells(store.cells, "true_labels", split="test")
+        test_positions, Y_test = cell_targets(store.cells, "true_labels", splits="test")
+        test_rows = store.cells["row"].to_numpy()[test_positions]
         print(
             f"{args.images} '{args.preset}' fields, {len(store)} cells "
             f"({store.cells['split'].value_counts().to_dict()}), {machine()}",
@@ -121,7 +123,7 @@ def main() -> None:
                 TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle"),
                 progress=False,
             )
-            embedded = embed(run.checkpoint, store, split="test", progress=False)
+            embedded = embed_store(run.checkpoint, store, split="test", progress=False)
             assert np.array_equal(embedded.cells["row"].to_numpy(), test_rows)
             probabilities = head_probabilities(run.checkpoint, embedded.X)
             rows.append((name, cell_level_ap(probabilities, Y_test).map, target))

@@ -4,7 +4,7 @@ Both run the same backbone (ResNet-50, 4 input channels, 128 px, channels-last, 
 on the same number of cells in batches of the same size:
 
 - bare: torchvision ResNet-50 on float tensors already in memory;
-- embed: ``embed(checkpoint, store)``: loading the checkpoint, reading crops from the CellStore,
+- embed: ``embed_store(checkpoint, store)``: loading the checkpoint, reading crops from the CellStore,
   preprocessing, the forward pass and the embedding head, whole call timed.
 
 Target: embed >= 0.9 x bare cells/s. Run: ``python benchmarks/bench_embed.py`` (about 3 minutes
@@ -23,7 +23,7 @@ import torchvision
 from common import machine, synthetic_store
 
 from hpa_embed.config import ModelConfig
-from hpa_embed.embed import embed
+from hpa_embed.embed import embed_store
 from hpa_embed.models import create_model, save_checkpoint
 from hpa_embed.store import CellStore
 
@@ -46,7 +46,7 @@ def bare_forward(arch: str, n: int, batch: int, size: int) -> float:
 
 def ours(checkpoint: Path, store: Path, batch: int) -> tuple[float, int]:
     started = time.perf_counter()
-    result = embed(checkpoint, store, batch_size=batch, device="cpu", progress=False)
+    result = embed_store(checkpoint, store, batch_size=batch, device="cpu", progress=False)
     return len(result) / (time.perf_counter() - started), len(result)
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         f"best of {args.rounds} (CPU, {torch.get_num_threads()} threads; {machine()})"
     )
     print(f"{'bare torchvision forward':28s}{bare:10.2f} cells/s")
-    print(f"{'hpa_embed embed()':28s}{best:10.2f} cells/s")
+    print(f"{'hpa_embed embed_store()':28s}{best:10.2f} cells/s")
     ratio = best / bare
     print(f"embed / bare = {ratio:.3f}   (target >= 0.90: {'PASS' if ratio >= 0.9 else 'MISS'})")
     print(

@@ -29,14 +29,8 @@ import numpy as np
 
 from hpa_embed.evaluate import ImageTruth, competition_map
 from hpa_embed.io import read_mask
-from hpa_embed.submission import (
-    Submission,
-    decode_binary_mask,
-    encode_label_mask,
-    predictions_from_cells,
-    read_submission,
-    write_submission,
-)
+from hpa_embed.rle import decode_binary_mask, encode_label_mask
+from hpa_embed.submission import Submission, predictions_from_cells, read_submission, write_submission
 from hpa_embed.synthetic import field_seed, generate_field, get_preset
 
 REFERENCE_MASK = (Path(__file__).resolve().parents[2] / "shared" / "data" / "hpa-real"

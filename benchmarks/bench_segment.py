@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_embed.evaluate import object_f1
 from hpa_embed.io import read_field
-from hpa_embed.segment import ClassicalSegmenter, check_masks
+from hpa_embed.segment import ClassicalSegmenter, check_masks, object_f1
 from hpa_embed.synthetic import generate_field, get_preset, touching_fraction
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -80,13 +80,13 @@ def run_fit(args) -> dict:
     import numpy as np
 
     from hpa_embed.config import DataConfig, LossConfig, ModelConfig, TrainConfig
-    from hpa_embed.crops import select_cells
+    from hpa_embed.data import cell_targets
     from hpa_embed.losses import primary_labels
     from hpa_embed.store import CellStore
     from hpa_embed.train import fit
 
     # the fewest cells per class (a power of 2, dividing the batch) that the store's classes allow
-    _, Y = select_cells(CellStore.open(args.store).cells, "image_labels", split="train")
+    _, Y = cell_targets(CellStore.open(args.store).cells, "image_labels", splits="train")
     classes = len(np.unique(primary_labels(Y)))
     m = 1
     while m * classes < args.batch:

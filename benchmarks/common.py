@@ -8,7 +8,8 @@ from pathlib import Path
 
 def synthetic_store(directory: Path, crop_size: int = 128, images: int = 40, preset: str = "small") -> Path:
     """Generate ``images`` synthetic fields and crop their true cells into ``<directory>/store``."""
-    from hpa_embed.crops import CropConfig, build_store
+    from hpa_embed.config import CropConfig
+    from hpa_embed.crops import build_store
     from hpa_embed.synthetic import generate_dataset
 
     data = generate_dataset(directory / "data", images, preset, seed=11, progress=False)

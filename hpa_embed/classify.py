@@ -18,14 +18,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .config import IndexConfig
 from .index import CellIndex
-from .labels import HPA2021
 
 __all__ = [
     "KNNClassifier",
     "head_probabilities",
     "aggregate_images",
     "fuse_scores",
-    "cell_targets",
     "predict_cells",
     "write_predictions",
     "read_predictions",
@@ -320,32 +318,6 @@ def fuse_scores(
 # --------------------------------------------------------------------------- predictions on disk
 
 
-def cell_targets(cells: pd.DataFrame, label_mode: str, scheme=HPA2021) -> tuple[np.ndarray, np.ndarray]:
-    """Multi-hot labels of the cells of a table that have them.
-
-    Parameters
-    ----------
-    cells : DataFrame
-        A CellStore (or embeddings) table with ``image_labels`` / ``true_labels`` columns.
-    label_mode : {"image_labels", "true_labels"}
-
-    Returns
-    -------
-    positions : int64 ``[n]``
-        Positions (0..len(cells)-1) of the labelled cells.
-    Y : bool ``[n, K]``
-    """
-    column = {"image_labels": "image_labels", "true_labels": "true_labels"}.get(label_mode)
-    if column is None:
-        raise ValueError(f"label_mode={label_mode!r}: choose 'image_labels' or 'true_labels'")
-    if column not in cells:
-        raise ValueError(f"the cell table has no {column!r} column")
-    values = cells[column].to_numpy()
-    labelled = np.array([value is not None and len(value) > 0 for value in values], dtype=bool)
-    positions = np.flatnonzero(labelled)
-    return positions, scheme.to_multi_hot([list(values[i]) for i in positions])
-
-
 def predict_cells(
     embeddings,
     method: str = "head",
@@ -367,6 +339,7 @@ def predict_cells(
         the labelled cells of ``reference`` (another embeddings directory, e.g. the training
         split) as neighbours, labels from its ``label_mode`` column.
     """
+    from .data import cell_targets
     from .embed import Embeddings, read_embeddings
 
     embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)

@@ -26,7 +26,6 @@ the 8-bit precision of most HPA images.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections import Counter, deque
@@ -34,27 +33,24 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .config import CropConfig
 from .io import DataError, LabelTable, find_mask_file, list_field_ids, read_field, read_labels, read_mask
-from .labels import CHANNELS, HPA2021, ClassScheme, get_scheme
+from .labels import HPA2021
 from .store import CellStore
 
 __all__ = [
-    "CropConfig",
     "cell_geometry",
     "field_scales",
     "extract_crops",
-    "match_cells",
     "BuildReport",
     "build_store",
     "assign_splits",
-    "select_cells",
     "SPLITS",
 ]
 
@@ -62,60 +58,6 @@ log = logging.getLogger(__name__)
 
 #: Split names, in the order of the ``fractions`` given to :func:`assign_splits`.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Mask file suffixes looked for, in order: ``<ID>_cellmask.png`` then ``<ID>_cellmask.npz``.
-#: The IoU a predicted cell needs with a true cell to inherit its labels.
-MATCH_IOU = 0.5
-_NORMALISATIONS = ("field_percentile", "none")
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    """How cells are cut out of a field.
-
-    Attributes
-    ----------
-    crop_size : int
-        Side ``S`` of the square crops.
-    channels : tuple of str
-        Channels read and stored, in order (4 channels, or ``RGB_CHANNELS`` for 3).
-    margin : float
-        Margin added on each side of the bounding box, as a fraction of its longer side.
-    keep_neighbours : bool
-        Keep every pixel of the window (background, neighbouring cells); by default only the
-        cell's own pixels are kept and the rest is zero.
-    normalisation : str
-        ``"field_percentile"`` (divide each channel by a percentile of the field's cell pixels,
-        see the module docstring) or ``"none"`` (keep the dtype scaling: scale 1).
-    percentile : float
-        The percentile used by ``"field_percentile"``.
-    min_scale : float
-        Lower bound of the divisor, in [0, 1] field units.
-    """
-
-    crop_size: int = 128
-    channels: tuple[str, ...] = CHANNELS
-    margin: float = 0.1
-    keep_neighbours: bool = False
-    normalisation: str = "field_percentile"
-    percentile: float = 99.9
-    min_scale: float = 0.05
-
-    def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
-        if self.crop_size < 1:
-            raise ValueError(f"crop_size must be positive, got {self.crop_size}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if self.normalisation not in _NORMALISATIONS:
-            raise ValueError(f"normalisation must be one of {_NORMALISATIONS}, got {self.normalisation!r}")
-        if not 0 < self.percentile <= 100 or not 0 < self.min_scale <= 1:
-            raise ValueError("percentile must lie in (0, 100] and min_scale in (0, 1]")
-        unknown = [name for name in self.channels if name not in CHANNELS]
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "channels": list(self.channels)}
 
 
 # --------------------------------------------------------------------------- one field
@@ -177,11 +119,13 @@ def cell_geometry(cell_mask: np.ndarray, nucleus_mask: np.ndarray | None = None)
     })
 
 
-def field_scales(image: np.ndarray, cell_mask: np.ndarray, config: CropConfig = CropConfig()) -> np.ndarray:
+def field_scales(image: np.ndarray, cell_mask: np.ndarray, config: CropConfig | None = None) -> np.ndarray:
     """The per-channel divisors of a field, float32 ``[C]`` (see the module docstring).
 
-    ``image`` is float32 ``[C, H, W]`` in [0, 1]; ``cell_mask`` int ``[H, W]``.
+    ``image`` is float32 ``[C, H, W]`` in [0, 1]; ``cell_mask`` int ``[H, W]``; ``config``
+    defaults to ``CropConfig()``.
     """
+    config = config or CropConfig()
     channels = image.shape[0]
     if config.normalisation == "none":
         return np.ones(channels, dtype=np.float32)
@@ -234,7 +178,7 @@ def extract_crops(
     image: np.ndarray,
     cell_mask: np.ndarray,
     nucleus_mask: np.ndarray | None = None,
-    config: CropConfig = CropConfig(),
+    config: CropConfig | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Cut every cell of a field into a square, masked, normalised, resized crop.
 
@@ -245,7 +189,8 @@ def extract_crops(
     cell_mask : int ``[H, W]``
         0 = background.
     nucleus_mask : int ``[H, W]``, optional
-    config : CropConfig
+    config : CropConfig, optional
+        Default ``CropConfig()``.
 
     Returns
     -------
@@ -255,6 +200,7 @@ def extract_crops(
         ``scale_<channel>`` (float32, the divisor of that channel), one row per crop.
     crops : uint8 ``[N, C, S, S]``
     """
+    config = config or CropConfig()
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[0] != len(config.channels):
         raise ValueError(f"image must be [{len(config.channels)}, H, W] for channels "
@@ -281,38 +227,6 @@ def extract_crops(
     return cells, crops
 
 
-def match_cells(cell_mask: np.ndarray, true_mask: np.ndarray, min_iou: float = MATCH_IOU) -> pd.DataFrame:
-    """The true cell that best overlaps each cell of ``cell_mask``.
-
-    Returns
-    -------
-    DataFrame
-        ``mask_id`` (int64, every id of ``cell_mask``, sorted), ``true_id`` (int64, the true
-        cell with the highest IoU, 0 when none reaches ``min_iou``) and ``iou`` (float64).
-    """
-    cell_mask, true_mask = np.asarray(cell_mask), np.asarray(true_mask)
-    if cell_mask.shape != true_mask.shape:
-        raise ValueError(f"mask shapes differ: {cell_mask.shape} vs {true_mask.shape}")
-    ids, areas = np.unique(cell_mask[cell_mask > 0], return_counts=True)
-    true_ids, true_areas = np.unique(true_mask[true_mask > 0], return_counts=True)
-    both = (cell_mask > 0) & (true_mask > 0)
-    # Intersections from the distinct (cell, true cell) pairs among overlapping pixels.
-    base = np.int64(true_ids[-1] + 1) if len(true_ids) else np.int64(1)
-    keys, overlap = np.unique(cell_mask[both].astype(np.int64) * base + true_mask[both], return_counts=True)
-    pair_cell = np.searchsorted(ids, keys // base)
-    pair_true = keys % base
-    iou = overlap / (areas[pair_cell] + true_areas[np.searchsorted(true_ids, pair_true)] - overlap)
-    # Per cell, the pair with the highest IoU: sort by (cell, IoU) and keep each cell's last pair.
-    order = np.lexsort((iou, pair_cell))
-    last = order[np.append(pair_cell[order][1:] != pair_cell[order][:-1], True)] if len(order) else order
-    best_iou = np.zeros(len(ids))
-    best_true = np.zeros(len(ids), dtype=np.int64)
-    best_iou[pair_cell[last]] = iou[last]
-    best_true[pair_cell[last]] = pair_true[last]
-    best_true[best_iou < min_iou] = 0
-    return pd.DataFrame({"mask_id": ids.astype(np.int64), "true_id": best_true, "iou": best_iou})
-
-
 # --------------------------------------------------------------------------- a directory of fields
 
 
@@ -337,6 +251,8 @@ class _FieldJob:
 
 def _crop_field(job: _FieldJob) -> tuple[str, pd.DataFrame | None, np.ndarray | None, str | None]:
     """Crop one field -> ``(image_id, cells, crops, None)`` or ``(image_id, None, None, error)``."""
+    from .segment.metrics import match_cells
+
     try:
         image = read_field(job.images_dir, job.image_id, job.config.channels)
         shape = image.shape[1:]
@@ -379,17 +295,6 @@ def _run_jobs(jobs: Sequence[_FieldJob], workers: int) -> Iterator[tuple]:
     finally:
         # On an interruption, drop the fields not started yet instead of cropping them for nothing.
         executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _true_labels_by_image(truth: str | os.PathLike) -> tuple[Path, dict[str, dict[int, list[int]]]]:
-    from .synthetic import read_truth
-
-    root = Path(truth)
-    table = read_truth(root)
-    by_image: dict[str, dict[int, list[int]]] = {}
-    for image_id, cell_id, labels in zip(table["image_id"], table["cell_id"], table["labels"]):
-        by_image.setdefault(str(image_id), {})[int(cell_id)] = [int(label) for label in labels]
-    return root / "truth", by_image
 
 
 @dataclass
@@ -474,7 +379,7 @@ def build_store(
         if "crop" not in store.meta["attrs"]:
             raise DataError(out / "store.json", "the store records no crop settings (attrs.crop); "
                                                 "build_store only appends to stores it made")
-        stored = CropConfig(**store.meta["attrs"]["crop"])
+        stored = CropConfig.from_dict(store.meta["attrs"]["crop"])
         if config is not None and config != stored:
             changed = {key: (value, getattr(config, key)) for key, value in stored.to_dict().items()
                        if config.to_dict()[key] != value}
@@ -499,7 +404,11 @@ def build_store(
         field_ids = [image_id for image_id in field_ids if image_id in image_labels]
     done = set(store.cells["image_id"]) if len(store) else set()
     report.fields_skipped = [image_id for image_id in field_ids if image_id in done]
-    true_masks_dir, true_labels = (_true_labels_by_image(truth) if truth is not None else (None, {}))
+    true_masks_dir, true_labels = None, {}
+    if truth is not None:
+        from .synthetic import truth_labels_by_image
+
+        true_masks_dir, true_labels = Path(truth) / "truth", truth_labels_by_image(truth)
     jobs = [
         _FieldJob(images_dir, masks_dir, image_id, config, image_labels.get(image_id, []),
                   true_masks_dir, true_labels.get(image_id, {}) if truth is not None else None)
@@ -599,55 +508,3 @@ def assign_splits(
     split_of_image = current.copy()
     split_of_image[new[order]] = np.asarray(names, dtype=object)[chosen]
     return pd.Series(split_of_image[cells["image_id"]].to_numpy(), index=cells.index, name="split")
-
-
-def select_cells(
-    cells: pd.DataFrame,
-    mode: str,
-    scheme: str | ClassScheme = HPA2021,
-    split: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cells and targets for one way of labelling them.
-
-    Parameters
-    ----------
-    cells : DataFrame
-        A store's table (``row``, ``image_labels``, ``true_labels``, ``split``).
-    mode : str
-        ``"single_label"``: cells of single-label images, each given its image's label;
-        ``"image_labels"``: cells of labelled images, each given all its image's labels;
-        ``"true_labels"``: cells with synthetic truth, given their own labels (the oracle).
-    scheme : str or ClassScheme
-    split : str, optional
-        Keep only this split (``"train"``, ``"val"``, ``"test"``).
-
-    Returns
-    -------
-    rows : int64 ``[n]``
-        ``row`` values (crop indices).
-    targets : int64 ``[n]`` (``y``, single_label) or bool ``[n, K]`` (``Y``, the others)
-    """
-    scheme = get_scheme(scheme)
-    if split is not None:
-        if "split" not in cells:
-            raise ValueError("the table has no 'split' column; run assign_splits first")
-        cells = cells[cells["split"] == split]
-    if mode in ("single_label", "image_labels"):
-        ids = cells["image_labels"].map(lambda value: [] if value is None else list(value))
-        keep = (ids.map(len) == 1) if mode == "single_label" else (ids.map(len) >= 1)
-    elif mode == "true_labels":
-        if "true_labels" not in cells or cells["true_labels"].isna().all():
-            raise ValueError("this table has no per-cell truth ('true_labels' is empty): only a store "
-                             "built from a synthetic dataset with truth=<dataset root> has it")
-        ids = cells["true_labels"]
-        keep = ids.notna()
-    else:
-        raise ValueError(f"unknown mode {mode!r}; choose 'single_label', 'image_labels' or 'true_labels'")
-    rows = cells["row"].to_numpy(dtype=np.int64)[keep.to_numpy()]
-    kept = [list(value) for value in ids[keep]]
-    if mode == "single_label":
-        y = np.array([value[0] for value in kept], dtype=np.int64)
-        if y.size and (y.min() < 0 or y.max() >= scheme.num_classes):
-            raise ValueError(f"a label lies outside the {scheme.name} scheme")
-        return rows, y
-    return rows, scheme.to_multi_hot(kept)

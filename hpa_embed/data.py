@@ -1,4 +1,7 @@
-"""Training data over a CellStore: a batched Dataset, microscopy-safe augmentation, batch samplers.
+"""Training data over a CellStore: label targets, a batched Dataset, augmentation, batch samplers.
+
+:func:`cell_targets` gives the cells of a table that carry labels of a label mode and their
+targets (the one place that decides what a cell's label is);
 
 Batches are read from the store in one fancy-indexed call (``CellDataset.__getitems__``), so
 data loading costs one memory-mapped gather per batch, not one Python call per cell. Batch
@@ -9,22 +12,102 @@ process with ``batch_size`` would.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import ConfigError, DataConfig
+from .io import DataError
+from .labels import HPA2021, ClassScheme, get_scheme
 from .store import CellStore
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "LABEL_MODES",
+    "cell_targets",
+    "channel_positions",
     "CellDataset",
     "augment_batch",
     "ShuffledBatchSampler",
     "BalancedBatchSampler",
     "make_loader",
+    "make_batch_sampler",
 ]
+
+#: How a cell gets its label (:func:`cell_targets`).
+LABEL_MODES: tuple[str, ...] = ("single_label", "image_labels", "true_labels")
+
+
+def cell_targets(
+    cells: pd.DataFrame,
+    label_mode: str,
+    scheme: str | ClassScheme = HPA2021,
+    splits: str | Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cells of a table that carry labels in ``label_mode``, and their targets.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        A CellStore, embeddings or predictions table (``image_labels``, ``true_labels``,
+        ``split``).
+    label_mode : {"single_label", "image_labels", "true_labels"}
+        ``"single_label"``: cells of single-label images, each given its image's label (int
+        ``y``, the seed's recipe); ``"image_labels"``: cells of labelled images, each given all
+        its image's labels (weak, multi-hot); ``"true_labels"``: cells with synthetic truth,
+        given their own labels (the oracle).
+    scheme : str or ClassScheme
+    splits : str or sequence of str, optional
+        Keep only cells of these splits (``"train"``, ``"val"``, ``"test"``).
+
+    Returns
+    -------
+    positions : int64 ``[n]``
+        Positions (0 .. len(cells) - 1) of the selected cells, in table order.
+    targets : int64 ``[n]`` (``y``, single_label) or bool ``[n, K]`` (``Y``, the others)
+    """
+    scheme = get_scheme(scheme)
+    if label_mode not in LABEL_MODES:
+        raise ConfigError(f"label_mode={label_mode!r}: choose one of {LABEL_MODES}")
+    column = "true_labels" if label_mode == "true_labels" else "image_labels"
+    if column not in cells or (column == "true_labels" and cells[column].isna().all()):
+        raise ConfigError(f"label_mode={label_mode!r}: the cells carry no {column!r} (per-cell truth "
+                          "comes only from a synthetic data set, given as truth when cropping)")
+    values = cells[column].to_numpy()
+    counts = np.array([0 if value is None else len(value) for value in values])
+    keep = counts == 1 if label_mode == "single_label" else counts >= 1
+    if splits is not None:
+        if "split" not in cells:
+            raise ConfigError("the cell table has no 'split' column; see hpa_embed.crops.assign_splits")
+        keep &= cells["split"].isin([splits] if isinstance(splits, str) else list(splits)).to_numpy()
+    positions = np.flatnonzero(keep)
+    kept = [list(values[i]) for i in positions]
+    if label_mode == "single_label":
+        y = np.array([value[0] for value in kept], dtype=np.int64)
+        if y.size and (y.min() < 0 or y.max() >= scheme.num_classes):
+            raise ValueError(f"a label lies outside the {scheme.name} scheme")
+        return positions, y
+    return positions, scheme.to_multi_hot(kept)
+
+
+def channel_positions(
+    available: Sequence[str], wanted: Sequence[str], source="the store"
+) -> list[int] | None:
+    """Positions of the ``wanted`` channels among the ``available`` ones, None when they are the same.
+
+    Raises :class:`~hpa_embed.io.DataError` naming ``source`` when a wanted channel is missing.
+    """
+    available, wanted = list(available), list(wanted)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise DataError(source, f"has no {missing} channel (it has {available}); the model needs {wanted}")
+    return None if wanted == available else [available.index(name) for name in wanted]
 
 
 class CellDataset(Dataset):
@@ -55,15 +138,8 @@ class CellDataset(Dataset):
         self.targets = torch.from_numpy(
             targets.astype(np.float32) if self.multi_label else targets.astype(np.int64)
         )
-        store_channels = list(store.channels)
-        channels = list(channels) if channels is not None else store_channels
-        missing = [name for name in channels if name not in store_channels]
-        if missing:
-            raise ValueError(f"{store.path}: the store has no {missing} channel (it has {store_channels})")
         # None keeps the fast path when every channel is used in store order
-        self.channel_index = (
-            None if channels == store_channels else [store_channels.index(c) for c in channels]
-        )
+        self.channel_index = channel_positions(store.channels, channels or store.channels, store.path)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -217,7 +293,7 @@ class BalancedBatchSampler(_GlobalBatchSampler):
         self.num_batches = num_batches
         classes = len(np.unique(self.labels))
         if m * classes < batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"a balanced batch of {batch_size} with m={m} needs {batch_size // m} classes, "
                 f"the data has {classes}: lower the batch size or raise m"
             )
@@ -249,3 +325,39 @@ def make_loader(dataset: CellDataset, batch_sampler: Sampler, num_workers: int =
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+def make_batch_sampler(
+    data: DataConfig, y_primary: np.ndarray, seed: int = 0, rank: int = 0, world_size: int = 1
+) -> Sampler:
+    """The training batch sampler a :class:`~hpa_embed.config.DataConfig` asks for.
+
+    ``fit`` and ``lr_find`` both draw their batches here, so they see the same batches. A
+    balanced batch needs ``batch_size / m_per_class`` classes; when the training cells have
+    fewer, the batch keeps its size and draws more cells per class (the smallest ``m`` dividing
+    the batch that the classes can fill), and says so in the log.
+
+    Parameters
+    ----------
+    data : DataConfig
+    y_primary : int ``[N]``
+        One class per training cell (for multi-hot cells their rarest label,
+        :func:`hpa_embed.losses.primary_labels`).
+    seed, rank, world_size
+        Seed of the batches, and this process's place under DDP.
+    """
+    n_cells, batch = len(y_primary), data.batch_size
+    if data.sampler == "shuffle":
+        return ShuffledBatchSampler(n_cells, batch, seed=seed, rank=rank, world_size=world_size)
+    classes = len(np.unique(y_primary))
+    m = data.m_per_class
+    if classes * m < batch:
+        fits = [size for size in range(m, batch + 1) if batch % size == 0 and size * classes >= batch]
+        if not classes or not fits:
+            raise ConfigError(f"a balanced batch of {batch} cannot be drawn from {classes} classes")
+        log.warning("the training cells show %d classes; a balanced batch of %d with m_per_class=%d "
+                    "needs %d: drawing %d cells of %d classes per batch instead",
+                    classes, batch, m, batch // m, fits[0], batch // fits[0])
+        m = fits[0]
+    batches = data.batches_per_epoch or max(1, n_cells // batch)
+    return BalancedBatchSampler(y_primary, m, batch, batches, seed=seed, rank=rank, world_size=world_size)

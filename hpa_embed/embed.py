@@ -23,11 +23,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .data import channel_positions
+from .distributed import distributed_context
 from .io import DataError, atomic_path
 from .models import CellEmbeddingModel, load_checkpoint, preprocess
 from .store import CellStore
 
-__all__ = ["Embeddings", "embed", "embed_crops", "read_embeddings", "write_embeddings"]
+__all__ = ["Embeddings", "embed_store", "embed_crops", "read_embeddings", "write_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +82,8 @@ def embed_crops(
     return model.embed(x).float().cpu().numpy()
 
 
-def _channel_index(store: CellStore, model: CellEmbeddingModel) -> list[int] | None:
-    store_channels = list(store.channels)
-    wanted = list(model.config.channels)
-    missing = [name for name in wanted if name not in store_channels]
-    if missing:
-        raise DataError(store.path, f"the model needs channels {wanted}; the store has {store_channels}")
-    return None if wanted == store_channels else [store_channels.index(name) for name in wanted]
-
-
 def _embed_rows(model, store, rows: np.ndarray, batch_size: int, device, progress: bool) -> np.ndarray:
-    channel_index = _channel_index(store, model)
+    channel_index = channel_positions(store.channels, model.config.channels, store.path)
     X = np.empty((len(rows), model.config.embedding_dim), dtype=np.float32)
     for start in tqdm(range(0, len(rows), batch_size), desc="embed", unit="batch", disable=not progress):
         batch = rows[start : start + batch_size]
@@ -133,7 +126,7 @@ def read_embeddings(path: str | os.PathLike, mmap: bool = False) -> Embeddings:
     return Embeddings(X, cells, meta)
 
 
-def embed(
+def embed_store(
     checkpoint: str | os.PathLike,
     store: CellStore | str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -164,8 +157,6 @@ def embed(
         ``X`` float32 ``[N, D]`` aligned with ``cells`` (the store's rows, in table order).
         Under ``torchrun`` every rank returns the merged result.
     """
-    from .train import distributed_context
-
     store = store if isinstance(store, CellStore) else CellStore.open(store)
     context = distributed_context(device)
     model, config, extra = load_checkpoint(checkpoint, map_location=context.device)

@@ -1,17 +1,13 @@
-"""Evaluation: object matching, the Kaggle HPA 2021 metric, cell-level AP, confusion matrices.
+"""Evaluation: the Kaggle HPA 2021 metric, cell-level AP, per-class classification tables.
 
-Segmentation: :func:`mask_iou` computes the IoU of every (true, predicted) object pair in one
-pass over the image, :func:`match_objects` pairs them one-to-one, and :func:`object_f1`
-summarises a segmentation against the truth (precision, recall, F1 at an IoU threshold, mean IoU
-of matches).
-
-Classification: :func:`competition_map` scores a :class:`~hpa_embed.submission.Submission`
-against true cell masks and labels as the competition did (per-class AP over (mask, label,
-confidence) predictions, a true positive needing IoU >= 0.6 with an unmatched true cell of the
-class); :func:`cell_level_ap` is the same AP when predicted and true cells coincide.
-:func:`classification_table` and :func:`plot_confusion_matrices` give per-class precision,
-recall and F1 and the 2x2 confusion matrix of every class at a threshold. See
-``docs/evaluation.md``.
+:func:`competition_map` scores a :class:`~hpa_embed.submission.Submission` against true cell
+masks and labels as the competition did (per-class AP over (mask, label, confidence)
+predictions, a true positive needing IoU >= 0.6 with an unmatched true cell of the class);
+:func:`cell_level_ap` is the same AP when predicted and true cells coincide.
+:func:`classification_table` gives per-class precision, recall, F1 and the 2x2 confusion counts
+of every class at a threshold (drawn by :func:`hpa_embed.visualise.plot_confusion_matrices`).
+Segmentation metrics (object IoU, matching, object F1) are in :mod:`hpa_embed.segment.metrics`.
+See ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -28,13 +24,11 @@ from tqdm.auto import tqdm
 
 from .io import DataError, atomic_path, read_mask
 from .labels import HPA2021, ClassScheme
-from .submission import Submission, decode_mask_runs, read_submission
+from .rle import decode_mask_runs
+from .segment.metrics import mask_iou
+from .submission import Submission, read_submission
 
 __all__ = [
-    "mask_iou",
-    "match_objects",
-    "ObjectScores",
-    "object_f1",
     "ImageTruth",
     "TruthDirectory",
     "MetricResult",
@@ -42,154 +36,12 @@ __all__ = [
     "competition_map",
     "cell_level_ap",
     "classification_table",
-    "plot_confusion_matrices",
     "evaluate_submission",
     "evaluate_cells",
+    "evaluate_predictions",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _check_pair(true_mask: np.ndarray, pred_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    true_mask = np.asarray(true_mask)
-    pred_mask = np.asarray(pred_mask)
-    if true_mask.shape != pred_mask.shape:
-        raise ValueError(f"masks differ in shape: true {true_mask.shape}, pred {pred_mask.shape}")
-    for name, mask in (("true", true_mask), ("pred", pred_mask)):
-        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
-            raise ValueError(f"{name} mask must hold integer ids, got {mask.dtype}")
-        if mask.size and mask.min() < 0:
-            raise ValueError(f"{name} mask has negative ids")
-    return true_mask.ravel(), pred_mask.ravel()
-
-
-def _compact_ids(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ids of ``flat`` with 0 always first, and each pixel's index among them."""
-    if flat.dtype == bool:
-        flat = flat.view(np.uint8)
-    top = int(flat.max()) if flat.size else 0
-    if top <= max(flat.size, 1 << 16):
-        # a lookup table no larger than the image: linear time, where np.unique would sort
-        present = np.bincount(flat, minlength=top + 1) > 0
-        present[0] = True
-        ids = np.flatnonzero(present).astype(flat.dtype)
-        return ids, (np.cumsum(present) - 1)[flat]
-    ids, index = np.unique(flat, return_inverse=True)
-    if ids[0] != 0:
-        ids, index = np.concatenate([np.zeros(1, ids.dtype), ids]), index + 1
-    return ids, index
-
-
-def mask_iou(
-    true_mask: np.ndarray, pred_mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU between every labelled object of ``true_mask`` and of ``pred_mask``.
-
-    One joint histogram of (true id, pred id) pixel pairs (``np.bincount`` over compacted ids)
-    gives all intersections; areas come from its margins. Ids need not be consecutive; up to
-    the number of pixels (or 65536) they are compacted through a lookup table, beyond by sorting.
-
-    Parameters
-    ----------
-    true_mask, pred_mask : int ``[H, W]``
-        Label masks, 0 = background.
-
-    Returns
-    -------
-    iou : float64 ``[n_true, n_pred]``
-    true_ids : ``[n_true]``, sorted object ids of ``true_mask`` (rows of ``iou``)
-    pred_ids : ``[n_pred]``, sorted object ids of ``pred_mask`` (columns)
-    """
-    true_flat, pred_flat = _check_pair(true_mask, pred_mask)
-    # compact ids (0 stays at index 0) so the histogram is (n_true+1) x (n_pred+1)
-    true_ids, true_index = _compact_ids(true_flat)
-    pred_ids, pred_index = _compact_ids(pred_flat)
-    n_true, n_pred = len(true_ids), len(pred_ids)
-    joint = np.bincount(true_index * n_pred + pred_index, minlength=n_true * n_pred)
-    joint = joint.reshape(n_true, n_pred).astype(np.float64)
-    true_area = joint.sum(axis=1)[1:, None]
-    pred_area = joint.sum(axis=0)[None, 1:]
-    intersection = joint[1:, 1:]
-    union = true_area + pred_area - intersection
-    iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
-    return iou, true_ids[1:], pred_ids[1:]
-
-
-def match_objects(
-    true_mask: np.ndarray, pred_mask: np.ndarray, iou_threshold: float = 0.6
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One-to-one matching of objects with IoU >= ``iou_threshold``, greedy by IoU.
-
-    Pairs are taken highest IoU first, each object used at most once. For thresholds above 0.5
-    this is the unique matching (an object cannot overlap two others by more than half).
-
-    Returns
-    -------
-    true_ids, pred_ids : ``[n_matches]``
-        Matched object ids, in decreasing IoU order.
-    ious : float64 ``[n_matches]``
-    """
-    iou, true_ids, pred_ids = mask_iou(true_mask, pred_mask)
-    rows, cols = np.nonzero(iou >= iou_threshold)
-    order = np.argsort(-iou[rows, cols], kind="stable")
-    used_true, used_pred = set(), set()
-    matches = []
-    for row, col in zip(rows[order], cols[order]):
-        if row in used_true or col in used_pred:
-            continue
-        used_true.add(row)
-        used_pred.add(col)
-        matches.append((row, col))
-    if not matches:
-        empty = np.zeros(0, dtype=true_ids.dtype)
-        return empty, np.zeros(0, dtype=pred_ids.dtype), np.zeros(0)
-    rows, cols = np.array(matches).T
-    return true_ids[rows], pred_ids[cols], iou[rows, cols]
-
-
-@dataclass(frozen=True)
-class ObjectScores:
-    """Object-level agreement of a predicted mask with the truth.
-
-    Attributes
-    ----------
-    precision, recall, f1 : float
-        Matched / predicted, matched / true, and their harmonic mean (1.0 when both masks are
-        empty, 0.0 when only one is).
-    mean_iou : float
-        Mean IoU of the matched pairs (nan without matches).
-    n_true, n_pred, n_matched : int
-    """
-
-    precision: float
-    recall: float
-    f1: float
-    mean_iou: float
-    n_true: int
-    n_pred: int
-    n_matched: int
-
-
-def object_f1(
-    true_mask: np.ndarray, pred_mask: np.ndarray, iou_threshold: float = 0.6
-) -> ObjectScores:
-    """Precision, recall and F1 of object matching at ``iou_threshold``, and the matches' mean IoU.
-
-    Scores over several fields: sum their ``n_true``, ``n_pred`` and ``n_matched``.
-    """
-    true_flat, pred_flat = _check_pair(true_mask, pred_mask)
-    n_true = int(np.count_nonzero(np.bincount(true_flat)[1:]))
-    n_pred = int(np.count_nonzero(np.bincount(pred_flat)[1:]))
-    _, _, ious = match_objects(true_mask, pred_mask, iou_threshold)
-    n_matched = len(ious)
-    if n_true == 0 and n_pred == 0:
-        precision = recall = f1 = 1.0
-    else:
-        precision = n_matched / n_pred if n_pred else 0.0
-        recall = n_matched / n_true if n_true else 0.0
-        f1 = 2 * n_matched / (n_true + n_pred)
-    mean_iou = float(ious.mean()) if n_matched else float("nan")
-    return ObjectScores(precision, recall, f1, mean_iou, n_true, n_pred, n_matched)
 
 
 # --------------------------------------------------------------------------- truth
@@ -220,20 +72,18 @@ class ImageTruth:
 class TruthDirectory(Mapping):
     """The truth of a synthetic data set, image id -> :class:`ImageTruth`, masks read lazily.
 
-    Reads ``<root>/truth/cells.csv`` (see :func:`hpa_embed.synthetic.read_truth`) at once and
+    Reads the cell labels (:func:`hpa_embed.synthetic.truth_labels_by_image`) at once and
     ``<root>/truth/<ID>_cellmask.png`` (or ``.npz``) when an image is asked for, so a set of
-    thousands of 2048² fields is never in memory at once. The images are those with a mask file.
+    thousands of 2048² fields is never in memory at once. The images are those with a mask file,
+    or the ``image_ids`` among them when given (e.g. the held-out images a run scores).
     """
 
-    def __init__(self, root: str | os.PathLike):
-        from .synthetic import read_truth
+    def __init__(self, root: str | os.PathLike, image_ids: Sequence[str] | None = None):
+        from .synthetic import truth_labels_by_image
 
         self.root = Path(root)
         self._truth_dir = self.root / "truth"
-        table = read_truth(self.root)
-        self._labels: dict[str, dict[int, list[int]]] = {}
-        for image_id, cell_id, labels in zip(table["image_id"], table["cell_id"], table["labels"]):
-            self._labels.setdefault(str(image_id), {})[int(cell_id)] = list(labels)
+        self._labels = truth_labels_by_image(self.root)
         self._masks = {}
         for suffix in (".npz", ".png"):  # .png wins when both exist
             for path in self._truth_dir.glob(f"*_cellmask{suffix}"):
@@ -242,6 +92,12 @@ class TruthDirectory(Mapping):
         if missing:
             raise DataError(self._truth_dir / f"{missing[0]}_cellmask.png",
                             f"missing true cell mask ({len(missing)} labelled image(s) have none)")
+        if image_ids is not None:
+            unknown = sorted(set(image_ids) - set(self._masks))
+            if unknown:
+                raise DataError(self._truth_dir / f"{unknown[0]}_cellmask.png",
+                                f"missing true cell mask ({len(unknown)} image(s) asked for have none)")
+            self._masks = {image_id: self._masks[image_id] for image_id in image_ids}
         self._ids = sorted(self._masks)
 
     def __getitem__(self, image_id: str) -> ImageTruth:
@@ -526,7 +382,7 @@ def cell_level_ap(probabilities: np.ndarray, Y: np.ndarray) -> MetricResult:
     return _per_class_ap(labels, probabilities.ravel(), Y.ravel(), Y.sum(axis=0), num_classes)
 
 
-# --------------------------------------------------------------------------- confusion matrices
+# --------------------------------------------------------------------------- per-class tables
 
 
 def _as_predicted(Y_true, Y_pred, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -580,55 +436,6 @@ def classification_table(
     })
 
 
-def plot_confusion_matrices(
-    Y_true: np.ndarray,
-    Y_pred: np.ndarray,
-    path: str | os.PathLike,
-    scheme: ClassScheme = HPA2021,
-    threshold: float = 0.5,
-    columns: int = 5,
-) -> Path:
-    """Draw one 2x2 confusion matrix per class (true rows, predicted columns) as a PNG grid.
-
-    Cells show counts; the colour is the fraction of the true row, so that rare classes (a few
-    positives among thousands of negatives) read as clearly as common ones.
-
-    Parameters
-    ----------
-    Y_true, Y_pred, threshold, scheme
-        As :func:`classification_table`.
-    path : path
-        The PNG, written atomically.
-    columns : int
-        Panels per row of the grid.
-    """
-    from matplotlib.figure import Figure
-
-    from .visualise import save_figure
-
-    table = classification_table(Y_true, Y_pred, threshold, scheme)
-    n_classes = len(table)
-    rows = -(-n_classes // columns)
-    figure = Figure(figsize=(2.3 * columns, 2.5 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, record in zip(axes, table.itertuples(index=False)):
-        counts = np.array([[record.tn, record.fp], [record.fn, record.tp]])
-        fraction = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), count in np.ndenumerate(counts):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
-                    color="white" if fraction[i, j] > 0.6 else "black")
-        ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
-        ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
-        f1 = "n/a" if np.isnan(record.f1) else f"{record.f1:.2f}"
-        ax.set_title(f"{record.class_id} {record.name}\nF1 {f1}", fontsize=8)
-    for ax in axes[n_classes:]:
-        ax.set_axis_off()
-    figure.supxlabel("predicted", fontsize=9)
-    figure.supylabel("true", fontsize=9)
-    return save_figure(figure, path)
-
-
 # --------------------------------------------------------------------------- reports
 
 
@@ -653,14 +460,15 @@ def evaluate_submission(
     submission : Submission or path
         A :class:`~hpa_embed.submission.Submission` or a submission CSV.
     truth : mapping of str to ImageTruth, or path
-        A synthetic data set's directory (read as a :class:`TruthDirectory`) or a mapping.
+        A mapping (its every image is scored; one the submission lacks counts as missed), or a
+        synthetic data set's directory, whose images listed in the submission are scored.
     out_dir : path, optional
         Where to write the per-class table (:meth:`MetricResult.to_frame`).
     """
     if not isinstance(submission, Submission):
         submission = read_submission(submission, scheme.num_classes)
     if not isinstance(truth, Mapping):
-        truth = TruthDirectory(truth)
+        truth = TruthDirectory(truth, image_ids=submission.images["image_id"].astype(str).tolist())
     result = competition_map(submission, truth, iou_threshold, scheme.num_classes, progress)
     log.info("competition metric: %s", result)
     if out_dir is not None:
@@ -675,15 +483,24 @@ def evaluate_cells(
     threshold: float = 0.5,
     scheme: ClassScheme = HPA2021,
 ) -> MetricResult:
-    """Cell-level AP, and per-class scores and confusion matrices at ``threshold``.
+    """Cell-level AP, and per-class scores at ``threshold``.
 
-    Writes to ``out_dir`` (when given): ``cell_ap.csv`` (:meth:`MetricResult.to_frame`),
-    ``per_class.csv`` (:func:`classification_table`) and ``confusion_matrices.png``.
+    Writes to ``out_dir`` (when given) two tables: ``cell_ap.csv`` (:meth:`MetricResult.to_frame`)
+    and ``per_class.csv`` (:func:`classification_table`). Figures are the caller's to draw, e.g.
+    :func:`hpa_embed.visualise.plot_confusion_matrices` of that table.
 
     Parameters
     ----------
     Y_true : bool ``[N, K]``
     probabilities : float ``[N, K]``
+    out_dir : path, optional
+    threshold : float
+        Probabilities ``>= threshold`` count as predicted in ``per_class.csv``.
+    scheme : ClassScheme
+
+    Returns
+    -------
+    MetricResult
     """
     result = cell_level_ap(probabilities, Y_true)
     log.info("cell-level %s", result)
@@ -692,5 +509,86 @@ def evaluate_cells(
         _write_frame(result.to_frame(scheme), out_dir / "cell_ap.csv")
         table = classification_table(Y_true, probabilities, threshold, scheme)
         _write_frame(table, out_dir / "per_class.csv")
-        plot_confusion_matrices(Y_true, probabilities, out_dir / "confusion_matrices.png", scheme, threshold)
     return result
+
+
+# --------------------------------------------------------------------------- a predictions directory
+
+
+def evaluate_predictions(
+    predictions: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    splits: Sequence[str] | None = ("test",),
+    truth: str | os.PathLike | None = None,
+    masks: str | os.PathLike | None = None,
+    label_mode: str = "true_labels",
+    iou_threshold: float = 0.6,
+    threshold: float = 0.5,
+    scheme: ClassScheme = HPA2021,
+    progress: bool = True,
+) -> dict:
+    """Score the cells of some splits of a predictions directory (``hpa-embed classify``).
+
+    Three scores, each where its truth exists:
+
+    * ``cell_map``: cell-level mAP against the cells' ``label_mode`` labels (their synthetic
+      ``true_labels`` by default; tables ``cell_ap.csv`` and ``per_class.csv``);
+    * ``image_map``: image-level mAP of the image scores (the union, i.e. maximum, of the image's
+      cells) against the image labels (``images_ap.csv``);
+    * ``competition_map``: with ``masks`` and ``truth``, the Kaggle metric of a submission of
+      these cells cut along ``masks`` against the true masks (``submission.csv``,
+      ``competition_ap.csv``).
+
+    Parameters
+    ----------
+    predictions : path
+    out_dir : path, optional
+        Where the tables go.
+    splits : sequence of str or None
+        Score only cells of these splits (default: held-out test images); None scores all.
+    truth : path, optional
+        Root of a synthetic data set with ``truth/`` (for the competition metric).
+    masks : path, optional
+        The cell masks the cells were cut along (for the competition metric).
+    label_mode : {"true_labels", "image_labels"}
+    iou_threshold, threshold : float
+    scheme : ClassScheme
+    progress : bool
+
+    Returns
+    -------
+    dict
+        ``cells``, ``images`` (counts scored), ``splits`` and ``scores`` (name -> mAP).
+    """
+    from .classify import aggregate_images, read_predictions
+    from .data import cell_targets
+    from .submission import build_submission, write_submission
+
+    cells, probabilities = read_predictions(predictions)
+    if splits is not None:
+        chosen = cells["split"].isin(list(splits)).to_numpy()
+        cells, probabilities = cells[chosen].reset_index(drop=True), probabilities[chosen]
+    if not len(cells):
+        raise DataError(predictions, f"no cell of split(s) {list(splits)} to score")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    scores: dict[str, float] = {}
+    if label_mode == "image_labels" or cells.get("true_labels", pd.Series(dtype=object)).notna().any():
+        positions, Y = cell_targets(cells, label_mode, scheme)
+        scores["cell_map"] = evaluate_cells(Y, probabilities[positions], out_dir, threshold, scheme).map
+    labelled_positions, _ = cell_targets(cells, "image_labels", scheme)
+    if len(labelled_positions):
+        images, image_scores = aggregate_images(probabilities, cells["image_id"])
+        labels = cells.groupby("image_id")["image_labels"].first()
+        image_truth = scheme.to_multi_hot([list(labels[i]) for i in images])
+        result = cell_level_ap(image_scores, image_truth)
+        scores["image_map"] = result.map
+        if out_dir is not None:
+            _write_frame(result.to_frame(scheme), out_dir / "images_ap.csv")
+    if masks is not None and truth is not None:
+        submission = build_submission(cells, probabilities, masks, progress=progress)
+        if out_dir is not None:
+            write_submission(out_dir / "submission.csv", submission)
+        scores["competition_map"] = evaluate_submission(submission, truth, out_dir, iou_threshold, scheme,
+                                                        progress).map
+    return {"cells": len(cells), "images": int(cells["image_id"].nunique()),
+            "splits": list(splits) if splits is not None else None, "scores": scores}

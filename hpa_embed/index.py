@@ -19,33 +19,21 @@ score is the squared Euclidean distance (lower is closer). A neighbour that does
 (``k`` larger than the index, or an IVF probe that found too few vectors) has row -1, cell id
 None and score -inf (cosine) or +inf (l2).
 
-A saved index is a directory::
-
-    <index>/index.json         format, version, config, metric, dimension, count, id offset,
-                               checksums of the other files
-    <index>/index.faiss        faiss.write_index
-    <index>/cell_ids.parquet   faiss_id (int64), cell_id (string): one row per cell, in row order
-    <index>/trained.faiss      IVF kinds: the empty trained index (quantiser, PQ codebooks); shards
-                               can be merged only if theirs are identical
-    <index>/index.ivfdata      merged indexes only: the on-disk inverted lists (OnDiskInvertedLists)
-
-It is written to a temporary directory and renamed into place. Beyond one machine, see
-:meth:`CellIndex.train_empty`, :meth:`CellIndex.new_shard` and :func:`merge_shards` (and
+A saved index is a directory (:meth:`CellIndex.save`, :meth:`CellIndex.load`); its format is
+:mod:`hpa_embed.index_format`. Beyond one machine, see :meth:`CellIndex.train_empty`,
+:meth:`CellIndex.new_shard` and :func:`hpa_embed.index_shards.merge_shards` (and
 ``docs/index.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import faiss
 import numpy as np
@@ -53,29 +41,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import IndexConfig
-from .io import DataError, atomic_path
+from .index_format import extract_ivf, faiss_metric, load_index_files, on_disk_invlists, save_index_files
 
 __all__ = [
     "CellIndex",
-    "merge_shards",
     "index_embeddings",
     "neighbours_table",
     "resolve_kind",
     "resolve_nlist",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
 ]
 
 log = logging.getLogger(__name__)
-
-FORMAT_NAME = "hpa_embed.cellindex"
-FORMAT_VERSION = 1
-
-_META_FILE = "index.json"
-_INDEX_FILE = "index.faiss"
-_IDS_FILE = "cell_ids.parquet"
-_TRAINED_FILE = "trained.faiss"
-_IVFDATA_FILE = "index.ivfdata"
 
 #: Vectors per block when a whole array is added: bounds the normalised copy made for cosine.
 BLOCK_SIZE = 65_536
@@ -118,10 +94,6 @@ def resolve_nlist(config: IndexConfig, n_total: int, n_train: int) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def _faiss_metric(metric: str) -> int:
-    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-
-
 def _missing_score(metric: str) -> float:
     return -np.inf if metric == "cosine" else np.inf
 
@@ -152,42 +124,19 @@ def _as_cell_ids(cell_ids: Any, n: int) -> np.ndarray:
         raise ValueError(f"got {len(ids)} cell ids for {n} vectors")
     if n and not all(isinstance(value, str) and value for value in ids):
         raise ValueError("cell ids must be non-empty strings")
-    if _duplicates(ids):
-        raise ValueError(f"duplicate cell ids, e.g. {_duplicates(ids)}")
+    if duplicates(ids):
+        raise ValueError(f"duplicate cell ids, e.g. {duplicates(ids)}")
     return ids
 
 
-def _duplicates(values: np.ndarray, limit: int = 5) -> list:
+def duplicates(values: np.ndarray, limit: int = 5) -> list:
     """Up to ``limit`` values that occur more than once (empty when all are unique)."""
     index = pd.Index(values)
     return [] if index.is_unique else index[index.duplicated()][:limit].tolist()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
-
-
-def _on_disk_invlists(index: faiss.Index) -> faiss.OnDiskInvertedLists | None:
-    ivf = _ivf(index)
-    if ivf is None:
-        return None
-    invlists = faiss.downcast_InvertedLists(ivf.invlists)
-    return invlists if isinstance(invlists, faiss.OnDiskInvertedLists) else None
-
-
 def _new_faiss_index(kind: str, dimension: int, config: IndexConfig, nlist: int) -> faiss.Index:
-    metric = _faiss_metric(config.metric)
+    metric = faiss_metric(config.metric)
     if kind == "flat":
         return faiss.IndexFlat(dimension, metric)
     quantizer = faiss.IndexFlat(dimension, metric)
@@ -204,89 +153,6 @@ def _new_faiss_index(kind: str, dimension: int, config: IndexConfig, nlist: int)
     index.cp.spherical = config.metric == "cosine"
     index.nprobe = min(config.nprobe, nlist)
     return index
-
-
-def _replace_directory(path: Path, write: Any) -> None:
-    """Write a directory with ``write(tmp_dir)`` and swap it in for ``path``, atomically.
-
-    An existing ``path`` is replaced only if it is a CellIndex directory, so a mistyped path
-    never deletes unrelated files.
-    """
-    if path.exists() and not (path.is_dir() and (path / _META_FILE).is_file()):
-        raise DataError(path, "exists and is not a CellIndex directory; refusing to replace it")
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        write(tmp)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(path, "missing: not a CellIndex directory (see CellIndex.save)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(path, f"not valid JSON ({error})") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise DataError(path, f"not a CellIndex description (format should be {FORMAT_NAME!r})")
-    if meta.get("version") != FORMAT_VERSION:
-        raise DataError(path, f"format version {meta.get('version')!r}; this library reads {FORMAT_VERSION}")
-    return meta
-
-
-class _Description(NamedTuple):
-    """A saved index's ``index.json``, parsed, with its files checked."""
-
-    path: Path
-    meta: dict
-    config: IndexConfig
-    kind: str
-    count: int
-    dimension: int
-    id_offset: int
-    files: dict
-
-
-def _read_description(path: Path) -> _Description:
-    """Parse ``index.json`` and check every file it lists (presence, checksum or size)."""
-    meta_path = path / _META_FILE
-    meta = _read_json(meta_path)
-    try:
-        saved = _Description(path, meta, IndexConfig.from_dict(meta["config"]), meta["kind"],
-                             int(meta["count"]), int(meta["dimension"]), int(meta["id_offset"]),
-                             dict(meta["files"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise DataError(meta_path, f"incomplete or invalid description ({error!r})") from error
-    if saved.kind not in ("flat", "ivf", "ivfpq") or meta.get("metric") != saved.config.metric:
-        raise DataError(meta_path, f"inconsistent kind {saved.kind!r} / metric {meta.get('metric')!r}")
-    for name in (_INDEX_FILE, _IDS_FILE):
-        if name not in saved.files:
-            raise DataError(meta_path, f"does not list {name}")
-    for name, expected in saved.files.items():
-        file = path / name
-        if not file.is_file():
-            raise DataError(file, "missing")
-        if "sha256" in expected and _sha256(file) != expected["sha256"]:
-            raise DataError(file, "checksum mismatch: the file is corrupt or was changed after saving")
-        if "bytes" in expected and file.stat().st_size != expected["bytes"]:
-            raise DataError(file, f"size {file.stat().st_size} bytes, expected {expected['bytes']}")
-    return saved
-
-
-def _read_id_table(saved: _Description) -> np.ndarray:
-    """The cell ids (object ``[count]``) of a saved index, checked against its description."""
-    path = saved.path / _IDS_FILE
-    try:
-        table = pd.read_parquet(path)
-    except Exception as error:  # pyarrow raises several types for a broken file
-        raise DataError(path, f"unreadable table ({error})") from error
-    if list(table.columns) != ["faiss_id", "cell_id"] or len(table) != saved.count:
-        raise DataError(path, f"expected columns ['faiss_id', 'cell_id'] and {saved.count} rows, "
-                              f"got {list(table.columns)} and {len(table)} rows")
-    if not np.array_equal(table["faiss_id"].to_numpy(), np.arange(saved.count) + saved.id_offset):
-        raise DataError(path, f"faiss_id must run {saved.id_offset}, {saved.id_offset + 1}, ... in order")
-    if table["cell_id"].isna().any() or not table["cell_id"].is_unique:
-        raise DataError(path, "cell_id holds missing or duplicate values")
-    return table["cell_id"].to_numpy(dtype=object)
 
 
 # --------------------------------------------------------------------------- the index
@@ -430,8 +296,8 @@ class CellIndex:
 
         Each machine of a distributed build adds its block of cells to its own shard; give each
         shard the position of its first cell in the whole database (the shards' cells must be
-        contiguous and in order, so that :func:`merge_shards` can give the merged index ids
-        0..N-1 without rewriting them).
+        contiguous and in order, so that :func:`~hpa_embed.index_shards.merge_shards` can give the
+        merged index ids 0..N-1 without rewriting them).
         """
         if self.kind == "flat" or self._trained is None:
             raise ValueError("shards need a trained IVF index (kind 'ivf' or 'ivfpq'); see train_empty")
@@ -440,7 +306,7 @@ class CellIndex:
         if not isinstance(id_offset, (int, np.integer)) or id_offset < 0:
             raise ValueError(f"id_offset={id_offset!r} must be a non-negative integer")
         index = faiss.deserialize_index(np.frombuffer(self._trained, dtype=np.uint8))
-        _ivf(index).nprobe = min(self.config.nprobe, _ivf(index).nlist)
+        extract_ivf(index).nprobe = min(self.config.nprobe, extract_ivf(index).nlist)
         return CellIndex(index, np.empty(0, dtype=object), self.config, self.kind, id_offset=int(id_offset),
                          trained=self._trained)
 
@@ -514,18 +380,18 @@ class CellIndex:
     @property
     def nlist(self) -> int | None:
         """IVF cell count (None for flat)."""
-        ivf = _ivf(self._index)
+        ivf = extract_ivf(self._index)
         return None if ivf is None else int(ivf.nlist)
 
     @property
     def nprobe(self) -> int | None:
         """IVF cells visited per query (None for flat); settable."""
-        ivf = _ivf(self._index)
+        ivf = extract_ivf(self._index)
         return None if ivf is None else int(ivf.nprobe)
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        ivf = _ivf(self._index)
+        ivf = extract_ivf(self._index)
         if ivf is None:
             raise ValueError("a flat index has no nprobe")
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -534,9 +400,14 @@ class CellIndex:
         self.config = dataclasses.replace(self.config, nprobe=int(value))
 
     @property
+    def trained_bytes(self) -> bytes | None:
+        """The trained, empty FAISS index, serialised (IVF kinds; shards share it), else None."""
+        return self._trained
+
+    @property
     def is_on_disk(self) -> bool:
         """Whether the inverted lists live in an ``index.ivfdata`` file (merged shards)."""
-        return _on_disk_invlists(self._index) is not None
+        return on_disk_invlists(self._index) is not None
 
     def _row_lookup(self) -> dict[str, int]:
         if self._row_of is None:
@@ -643,7 +514,7 @@ class CellIndex:
         return vectors[0] if single else vectors
 
     def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
-        ivf = _ivf(self._index)
+        ivf = extract_ivf(self._index)
         if ivf is not None and ivf.direct_map.no():
             if self.id_offset:  # FAISS's array map needs ids 0..N-1
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -661,97 +532,26 @@ class CellIndex:
     # ----------------------------------------------------------------------- save / load
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index directory (see the module docstring) atomically; returns its path.
+        """Write the index directory (:mod:`hpa_embed.index_format`) atomically; returns its path.
 
         An existing CellIndex directory at ``path`` is replaced; any other existing path is refused.
         """
-        path = Path(path)
-        _replace_directory(path, lambda tmp: self._write_into(tmp, path))
+        path = save_index_files(path, self._index, self.cell_ids, self.config, self.kind,
+                                id_offset=self.id_offset, trained=self._trained)
         log.info("saved %r to %s", self, path)
         return path
 
-    def _write_into(self, tmp: Path, final: Path) -> None:
-        """Write every file into the directory ``tmp``, which will be renamed to ``final``."""
-        files: dict[str, dict] = {}
-        meta: dict[str, Any] = {}
-        on_disk = _on_disk_invlists(self._index)
-        if on_disk is not None:
-            if Path(on_disk.filename).resolve() != (tmp / _IVFDATA_FILE).resolve():
-                shutil.copyfile(on_disk.filename, tmp / _IVFDATA_FILE)
-            # The index file records where its inverted lists live: point it at the final place.
-            current = on_disk.filename
-            meta["ivfdata_path"] = on_disk.filename = str((final / _IVFDATA_FILE).resolve())
-            try:
-                faiss.write_index(self._index, str(tmp / _INDEX_FILE))
-            finally:
-                on_disk.filename = current
-            files[_IVFDATA_FILE] = {"bytes": (tmp / _IVFDATA_FILE).stat().st_size}
-        else:
-            faiss.write_index(self._index, str(tmp / _INDEX_FILE))
-        files[_INDEX_FILE] = {"sha256": _sha256(tmp / _INDEX_FILE)}
-        if self._trained is not None:
-            (tmp / _TRAINED_FILE).write_bytes(self._trained)
-            files[_TRAINED_FILE] = {"sha256": hashlib.sha256(self._trained).hexdigest()}
-        table = pd.DataFrame({
-            "faiss_id": np.arange(len(self), dtype=np.int64) + self.id_offset,
-            "cell_id": pd.array(self._cell_ids, dtype="string"),
-        })
-        table.to_parquet(tmp / _IDS_FILE, index=False)
-        files[_IDS_FILE] = {"sha256": _sha256(tmp / _IDS_FILE)}
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "kind": self.kind,
-            "metric": self.metric,
-            "dimension": self.dimension,
-            "count": len(self),
-            "id_offset": self.id_offset,
-            "nlist": self.nlist,
-            "on_disk": on_disk is not None,
-            **meta,
-            "faiss_version": faiss.__version__,
-            "config": self.config.to_dict(),
-            "files": files,
-        }
-        (tmp / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> CellIndex:
-        """Read an index directory written by :meth:`save` or :func:`merge_shards`.
+        """Read an index directory written by :meth:`save` or
+        :func:`~hpa_embed.index_shards.merge_shards`.
 
         Raises :class:`~hpa_embed.io.DataError` naming the file for a missing, corrupt (checksum)
         or inconsistent file.
         """
-        saved = _read_description(Path(path))
-        index = cls._read_faiss(saved.path, saved.meta)
-        if (index.d, index.ntotal, index.metric_type) != (saved.dimension, saved.count,
-                                                           _faiss_metric(saved.config.metric)):
-            raise DataError(saved.path / _INDEX_FILE,
-                            f"holds {index.ntotal} vectors of dimension {index.d} (FAISS metric "
-                            f"{index.metric_type}); {_META_FILE} says {saved.count} of dimension "
-                            f"{saved.dimension} ({saved.config.metric})")
-        if (saved.kind == "flat") != (_ivf(index) is None):
-            raise DataError(saved.path / _INDEX_FILE, f"is not a {saved.kind} index")
-        if _ivf(index) is not None:
-            _ivf(index).nprobe = min(saved.config.nprobe, _ivf(index).nlist)
-        trained = (saved.path / _TRAINED_FILE).read_bytes() if _TRAINED_FILE in saved.files else None
-        return cls(index, _read_id_table(saved), saved.config, saved.kind, id_offset=saved.id_offset,
-                   trained=trained, read_only=bool(saved.meta.get("on_disk")))
-
-    @staticmethod
-    def _read_faiss(path: Path, meta: dict) -> faiss.Index:
-        index_path = path / _INDEX_FILE
-        flags = 0
-        if meta.get("on_disk"):
-            ivfdata = (path / _IVFDATA_FILE).resolve()
-            # The index file names its ivfdata file; when the directory has moved, let FAISS look
-            # beside the index file instead (it then prints a note on stdout, hence only then).
-            flags = faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("ivfdata_path") != str(ivfdata) else 0
-        try:
-            return faiss.read_index(str(index_path), flags)
-        except RuntimeError as error:
-            problem = str(error).splitlines()[0][:200]
-            raise DataError(index_path, f"unreadable FAISS index ({problem})") from error
+        files = load_index_files(path)
+        return cls(files.faiss_index, files.cell_ids, files.config, files.kind, id_offset=files.id_offset,
+                   trained=files.trained, read_only=files.on_disk)
 
 
 def neighbours_table(queries: Sequence[str], scores: np.ndarray, cell_ids: np.ndarray) -> pd.DataFrame:
@@ -780,65 +580,6 @@ def neighbours_table(queries: Sequence[str], scores: np.ndarray, cell_ids: np.nd
         "score": scores.ravel(),
     })
     return table[table["cell_id"].notna()].reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- scale-out
-
-
-def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> CellIndex:
-    """Merge IVF shards into one index whose inverted lists live on disk.
-
-    Each shard is a saved :class:`CellIndex` made by :meth:`CellIndex.new_shard` from the same
-    trained index, holding contiguous cells: sorted by ``id_offset``, shard ``i`` must start where
-    shard ``i - 1`` ends, the first at 0. The merged index (``out``) has ids 0..N-1, the shards'
-    id tables concatenated, and ``index.ivfdata`` (``faiss.contrib.ondisk.merge_ondisk``, which
-    memory-maps the shards, so the data never has to fit in RAM). It is read-only.
-
-    Returns the merged index, loaded from ``out``.
-    """
-    from faiss.contrib.ondisk import merge_ondisk
-
-    if not paths:
-        raise ValueError("no shards to merge")
-    # Descriptions and id tables only: merge_ondisk reads the vectors once, memory-mapped.
-    shards = sorted((_read_description(Path(shard_path)) for shard_path in paths),
-                    key=lambda saved: saved.id_offset)
-    first = shards[0]
-    expected_offset = 0
-    for saved in shards:
-        where = saved.path / _META_FILE
-        if saved.kind not in ("ivf", "ivfpq") or saved.meta.get("on_disk"):
-            raise DataError(where, "a shard must be an in-memory IVF index (see CellIndex.new_shard)")
-        if saved.id_offset != expected_offset:
-            raise DataError(where, f"id_offset {saved.id_offset}, but the shards before it end at "
-                                   f"{expected_offset}: shards must hold contiguous cells (give each the "
-                                   "position of its first cell)")
-        expected_offset += saved.count
-        for key in ("kind", "metric", "dimension"):
-            if saved.meta[key] != first.meta[key]:
-                raise DataError(where, f"{key} {saved.meta[key]!r} differs from {first.meta[key]!r} "
-                                       f"in {first.path}")
-        if saved.files.get(_TRAINED_FILE) != first.files.get(_TRAINED_FILE):
-            raise DataError(saved.path / _TRAINED_FILE, f"trained differently from {first.path}: shards "
-                                                        "must come from one trained index (new_shard)")
-    cell_ids = np.concatenate([_read_id_table(saved) for saved in shards])
-    if _duplicates(cell_ids):
-        raise ValueError(f"the shards share cell ids, e.g. {_duplicates(cell_ids)}")
-    trained_bytes = (first.path / _TRAINED_FILE).read_bytes()
-    out = Path(out)
-
-    def write(tmp: Path) -> None:
-        trained = faiss.deserialize_index(np.frombuffer(trained_bytes, dtype=np.uint8))
-        # shift_ids=False: the shards already carry their global ids (FAISS's shift_ids adds
-        # wrong offsets when the shards differ in size).
-        merge_ondisk(trained, [str(saved.path / _INDEX_FILE) for saved in shards], str(tmp / _IVFDATA_FILE),
-                     shift_ids=False)
-        merged = CellIndex(trained, cell_ids, first.config, first.kind, trained=trained_bytes, read_only=True)
-        merged._write_into(tmp, out)
-
-    _replace_directory(out, write)
-    log.info("merged %d shards (%d cells) into %s", len(shards), len(cell_ids), out)
-    return CellIndex.load(out)
 
 
 def index_embeddings(embeddings: str | os.PathLike, out: str | os.PathLike, config: IndexConfig | None = None,

@@ -1,9 +1,16 @@
-"""Reading HPA fields of view, masks and label tables; atomic writes.
+"""Reading HPA fields of view, masks and label tables; atomic writes; our file headers.
 
 A field of view is four single-channel files ``<ID>_{red,green,blue,yellow}.<ext>`` in one
 directory (PNG or TIFF, 8- or 16-bit, also ``.tif.gz`` and OME-TIFF as HPA ships them).
 :func:`read_field` returns it as float32 ``[C, H, W]`` in (red, green, blue, yellow) order,
 scaled to [0, 1] by dtype. Every file the library writes goes through :func:`atomic_path`.
+
+The files of our own formats (a CellStore's ``store.json``, a checkpoint's ``config.json``, a
+CellIndex's ``index.json``, a trainer state file's metadata) carry one kind of JSON header:
+``format``, ``version``, ``library_version``, the format's own keys, and optionally ``files``,
+the SHA-256 (or size) of files beside it. :func:`write_header` writes one, :func:`read_header`
+refuses a file that is missing, not JSON, of another format or version, or whose listed files
+are missing or changed.
 """
 
 from __future__ import annotations
@@ -11,13 +18,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import hashlib
 import io as _io
+import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,9 +35,16 @@ import pandas as pd
 from .labels import CHANNELS, HPA2018, HPA2021, ClassScheme, get_scheme
 
 __all__ = [
+    "HpaEmbedError",
     "DataError",
     "IMAGE_SUFFIXES",
     "atomic_path",
+    "HEADER_KEYS",
+    "file_sha256",
+    "make_header",
+    "write_header",
+    "parse_header",
+    "read_header",
     "find_channel_file",
     "read_image",
     "to_unit_float",
@@ -49,7 +66,14 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 )
 
 
-class DataError(ValueError):
+class HpaEmbedError(Exception):
+    """Base of the library's own errors: bad input or configuration, never a defect of the code.
+
+    The command line reports these as one line and exits with status 2.
+    """
+
+
+class DataError(HpaEmbedError, ValueError):
     """Bad input data: the message names the file (and row, where there is one) and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str, row: int | None = None):
@@ -98,6 +122,171 @@ def _swap_directory(new: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- file headers
+
+#: Keys every header holds; a header's body may not use them.
+HEADER_KEYS: tuple[str, ...] = ("format", "version", "library_version", "files")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, as 64 lowercase hex digits; read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_header(format_name: str, version: int, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The header of one of our files: ``{"format", "version", "library_version", **body}``.
+
+    Parameters
+    ----------
+    format_name : str
+        E.g. ``"hpa_embed.cellstore"``.
+    version : int
+        The version of that format the file follows.
+    body : mapping, optional
+        JSON-serialisable content of the file; its keys may not be any of :data:`HEADER_KEYS`.
+    """
+    from . import __version__
+
+    body = dict(body or {})
+    clash = sorted(set(body) & set(HEADER_KEYS))
+    if clash:
+        raise ValueError(f"header keys {clash} are reserved for the header itself")
+    return {"format": format_name, "version": int(version), "library_version": __version__, **body}
+
+
+def write_header(
+    path: str | os.PathLike,
+    format_name: str,
+    version: int,
+    body: Mapping[str, Any] | None = None,
+    files: Sequence[str] = (),
+    large_files: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Write a JSON header (:func:`make_header`) atomically; returns what was written.
+
+    Parameters
+    ----------
+    path : path
+        The JSON file, e.g. ``<store>/store.json``.
+    format_name, version, body
+        As :func:`make_header`.
+    files : sequence of str
+        Names of files beside ``path``, already written; each is recorded under
+        ``"files"`` with its SHA-256, which :func:`read_header` checks.
+    large_files : sequence of str
+        Names of files beside ``path`` recorded by size only (hashing them on every read would
+        cost a full read of each).
+    """
+    path = Path(path)
+    header = make_header(format_name, version, body)
+    listed = {name: {"sha256": file_sha256(path.parent / name)} for name in files}
+    listed.update({name: {"bytes": (path.parent / name).stat().st_size} for name in large_files})
+    if listed:
+        header["files"] = listed
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+    return header
+
+
+def parse_header(
+    path: str | os.PathLike,
+    text: str | bytes | None,
+    format_name: str,
+    supported_versions: Collection[int],
+    *,
+    what: str = "hpa_embed file",
+) -> dict[str, Any]:
+    """Parse and check a header's JSON text (the content of a header file, or header metadata
+    stored inside another file).
+
+    Parameters
+    ----------
+    path : path
+        The file the text came from, named in errors; files listed under ``"files"`` are looked
+        for beside it.
+    text : str, bytes or None
+        The JSON text; None when the file holds no header.
+    format_name : str
+        The format expected.
+    supported_versions : collection of int
+        The versions this library reads.
+    what : str
+        What the file is, for messages (``"cell store"``).
+
+    Returns
+    -------
+    dict
+        The header, ``format``, ``version`` and ``library_version`` included.
+
+    Raises
+    ------
+    DataError
+        No header, invalid JSON, not a JSON object, another format, an unsupported version, or a
+        listed file that is missing, of another size or with another SHA-256.
+    """
+    path = Path(path)
+    if text is None:
+        raise DataError(path, f"not a {what} (no header)")
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(path, f"not valid JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise DataError(path, f"not a {what} (expected a JSON object, got {type(header).__name__})")
+    if header.get("format") != format_name:
+        raise DataError(path, f"not a {what} (format {header.get('format')!r}, expected {format_name!r})")
+    version = header.get("version")
+    if type(version) is not int or version not in supported_versions:  # bool is not a version
+        raise DataError(
+            path,
+            f"{what} format version {version!r} is not supported (this library reads "
+            f"{', '.join(map(str, sorted(supported_versions)))}; written by hpa_embed "
+            f"{header.get('library_version', '?')})",
+        )
+    files = header.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise DataError(path, "'files' must map file names to {'sha256': ...} or {'bytes': ...}")
+    for name, expected in files.items():
+        file = path.parent / name
+        if not file.is_file():
+            raise DataError(file, f"missing (listed in {path.name})")
+        size = file.stat().st_size
+        if "bytes" in expected and size != expected["bytes"]:
+            raise DataError(file, f"size {size} bytes, expected {expected['bytes']}")
+        if "sha256" in expected and file_sha256(file) != expected["sha256"]:
+            raise DataError(file, "checksum mismatch: the file is corrupt or was changed after saving")
+    return header
+
+
+def read_header(
+    path: str | os.PathLike,
+    format_name: str,
+    supported_versions: Collection[int],
+    *,
+    what: str = "hpa_embed file",
+) -> dict[str, Any]:
+    """Read a header written by :func:`write_header` and check it (see :func:`parse_header`).
+
+    A missing file is refused too; its message names a directory left aside by an interrupted
+    :func:`atomic_path` directory swap, when there is one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        directory = path.parent
+        leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        hint = f"; an interrupted save left {leftovers[0]}, rename it back" if leftovers else ""
+        raise DataError(path, f"not found (not a {what}?){hint}")
+    try:
+        text = path.read_bytes()
+    except OSError as error:
+        raise DataError(path, f"unreadable ({error})") from error
+    return parse_header(path, text, format_name, supported_versions, what=what)
 
 
 # --------------------------------------------------------------------------- images

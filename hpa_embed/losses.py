@@ -416,6 +416,14 @@ class CombinedLoss(nn.Module):
             f"or multi-hot labels [{n}, {self.num_classes}]"
         )
 
+    def classification_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The classification term alone, a mean over the cells of ``logits`` ``[N, K]`` (0 without
+        one): validation scores a whole split with it from the gathered logits."""
+        if not self.config.classification:
+            return logits.new_zeros(())
+        target = target.to(logits.device)
+        return self._classification(logits, target, self._check_target(target, logits.shape[0]))
+
     def _classification(self, logits: torch.Tensor, target: torch.Tensor, multi_hot: bool) -> torch.Tensor:
         kind, weights = self.config.classification, self.class_weights
         if kind == "ce":

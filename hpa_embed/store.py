@@ -2,7 +2,8 @@
 
 A store is a directory::
 
-    <store>/store.json                 format, crop size, channels, dtype, chunk size, crop settings
+    <store>/store.json                 header (format, version, library version; hpa_embed.io),
+                                       crop size, channels, dtype, chunk size, scheme, attrs
     <store>/cells.parquet              one row per cell; column ``row`` indexes the crop array
     <store>/crops/chunk-000000.npy     uint8 [chunk_size, C, S, S] (the last chunk may hold fewer)
     <store>/crops/chunk-000001.npy     ...
@@ -20,7 +21,6 @@ One process writes to a store at a time; any number may read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import DataError, atomic_path
+from .io import DataError, atomic_path, read_header, write_header
 from .labels import CHANNELS, ClassScheme, get_scheme
 
 __all__ = ["CellStore", "FORMAT_NAME", "FORMAT_VERSION", "LIST_COLUMNS"]
@@ -121,9 +121,7 @@ class CellStore:
                 raise ValueError(f"unknown channel {name!r}; channels are {CHANNELS}")
         if crop_size < 1 or chunk_size < 1:
             raise ValueError(f"crop_size and chunk_size must be positive, got {crop_size}, {chunk_size}")
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+        body = {
             "crop_size": int(crop_size),
             "channels": list(channels),
             "dtype": "uint8",
@@ -132,8 +130,7 @@ class CellStore:
             "attrs": dict(attrs or {}),
         }
         (path / _CHUNK_DIR).mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / _META_FILE) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        meta = write_header(path / _META_FILE, FORMAT_NAME, FORMAT_VERSION, body)
         log.info("created cell store %s (%d px, channels %s)", path, crop_size, ",".join(channels))
         return cls(path, meta, _empty_table())
 
@@ -141,20 +138,7 @@ class CellStore:
     def open(cls, path: str | os.PathLike) -> CellStore:
         """Open an existing store; raises :class:`~hpa_embed.io.DataError` if it is not one."""
         path = Path(path)
-        meta_path = path / _META_FILE
-        if not meta_path.is_file():
-            raise DataError(path, f"not a cell store (no {_META_FILE})")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(meta_path, f"unreadable store metadata ({error})") from error
-        if meta.get("format") != FORMAT_NAME:
-            raise DataError(meta_path, f"not a cell store (format {meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
-            raise DataError(
-                meta_path, f"store format version {meta.get('version')} is not supported "
-                f"(this library reads version {FORMAT_VERSION})"
-            )
+        meta = read_header(path / _META_FILE, FORMAT_NAME, {FORMAT_VERSION}, what="cell store")
         table_path = path / _TABLE_FILE
         if table_path.is_file():
             cells = pd.read_parquet(table_path)

@@ -32,9 +32,23 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, write_config_file
-from .crops import select_cells
-from .data import BalancedBatchSampler, CellDataset, ShuffledBatchSampler, augment_batch, make_loader
+from .config import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    check_training_configs,
+    write_config_file,
+)
+from .data import (
+    CellDataset,
+    ShuffledBatchSampler,
+    augment_batch,
+    cell_targets,
+    make_batch_sampler,
+    make_loader,
+)
+from .distributed import DistributedContext, all_gather_rows, all_reduce_sum, distributed_context
 from .io import DataError, atomic_path
 from .losses import CombinedLoss, primary_labels
 from .models import (
@@ -48,63 +62,9 @@ from .models import (
 from .models.checkpoint import STATE_FILE
 from .store import CellStore
 
-__all__ = ["FitResult", "fit", "LRFinderResult", "lr_find", "DistributedContext", "distributed_context"]
+__all__ = ["FitResult", "fit", "LRFinderResult", "lr_find", "suggest_lr"]
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process stands: ``rank`` of ``world_size`` processes, on ``device``."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_context(device: str = "auto") -> DistributedContext:
-    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), else run alone.
-
-    The backend is NCCL on CUDA and gloo on the CPU. ``device``: ``"auto"`` (CUDA when there is
-    one), ``"cpu"`` or ``"cuda"``; a CUDA process takes the GPU of its ``LOCAL_RANK``.
-    """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return DistributedContext(rank, world_size, torch.device("cuda", local_rank))
-    return DistributedContext(rank, world_size, torch.device("cpu"))
-
-
-def _all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    if context.world_size > 1:
-        values = values.to(context.device)
-        dist.all_reduce(values)
-    return values.cpu()
-
-
-def _all_gather_rows(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    """Concatenate equal-shaped ``[n, ...]`` tensors from every rank (rank order)."""
-    if context.world_size == 1:
-        return tensor
-    tensor = tensor.to(context.device).contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(context.world_size)]
-    dist.all_gather(parts, tensor)
-    return torch.cat([part.cpu() for part in parts])
 
 
 # --------------------------------------------------------------------------- set-up
@@ -118,7 +78,8 @@ class _Split:
 
 
 def _load_split(store: CellStore, data: DataConfig, model: ModelConfig, split: str) -> _Split | None:
-    rows, targets = select_cells(store.cells, data.label_mode, store.scheme, split=split)
+    positions, targets = cell_targets(store.cells, data.label_mode, store.scheme, splits=split)
+    rows = store.cells["row"].to_numpy(dtype=np.int64)[positions]
     if len(rows) == 0:
         return None
     num_classes = model.num_classes
@@ -145,11 +106,7 @@ def _check_compatible(store: CellStore, model: ModelConfig, loss: LossConfig, da
             f"the store uses {store.scheme.name} ({store.scheme.num_classes} "
             f"classes) but the model has {model.num_classes}",
         )
-    if loss.classification == "ce" and data.label_mode != "single_label":
-        raise ValueError(
-            f"classification='ce' needs single-label targets; label_mode="
-            f"{data.label_mode!r} gives multi-hot ones (use 'bce' or 'focal')"
-        )
+    check_training_configs(model, loss, data)
 
 
 def _seed_everything(seed: int) -> None:
@@ -273,7 +230,7 @@ def _train_epoch(
         sums[:3] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * n
         sums[3] += parts["triplets"]
         sums[4] += n
-    sums = _all_reduce_sum(sums, context)
+    sums = all_reduce_sum(sums, context)
     cells = max(sums[4].item(), 1)
     seconds = time.perf_counter() - started
     row = {f"train_{name}": sums[i].item() / cells for i, name in enumerate(_COMPONENTS)}
@@ -298,19 +255,18 @@ def _evaluate(runner: _Runner, split: _Split, context) -> dict[str, float]:
         world_size=context.world_size,
     )
     logits_parts, index_parts = [], []
-    sums = torch.zeros(len(_COMPONENTS) + 1, dtype=torch.float64)
+    sums = torch.zeros(2, dtype=torch.float64)  # metric loss x cells, cells
     for indices in sampler:
         crops, targets = dataset.__getitems__(indices)
         output, _, parts = runner.forward_loss(crops, targets)
-        sums[:3] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * len(indices)
-        sums[3] += len(indices)
+        sums += torch.tensor([parts["metric"].item() * len(indices), len(indices)], dtype=torch.float64)
         logits_parts.append(output.logits.float().cpu())
         index_parts.append(torch.as_tensor(indices))
-    sums = _all_reduce_sum(sums, context)
+    sums = all_reduce_sum(sums, context)
     logits = torch.cat(logits_parts)
     index = torch.cat(index_parts)
     if context.world_size > 1:  # every rank got batches of equal size; drop the padding repeats
-        logits, index = _all_gather_rows(logits, context), _all_gather_rows(index, context)
+        logits, index = all_gather_rows(logits, context), all_gather_rows(index, context)
         index, first = np.unique(index.numpy(), return_index=True)
         logits = logits[first]
     else:
@@ -329,8 +285,14 @@ def _evaluate(runner: _Runner, split: _Split, context) -> dict[str, float]:
     macro_ap = float(
         np.mean([average_precision_score(Y[:, k], scores[:, k]) for k in np.flatnonzero(present)])
     )
-    cells = max(sums[3].item(), 1)
-    row = {f"val_{name}": sums[i].item() / cells for i, name in enumerate(_COMPONENTS)}
+    # The classification term is a mean over cells: computed once over the whole gathered split,
+    # it is exact under DDP too, where the padding of the last batch repeats some cells. The
+    # metric term depends on which cells share a batch and stays a mean over batches.
+    val_cls = runner.criterion.classification_loss(logits.to(runner.device), dataset.targets).item()
+    val_metric = sums[0].item() / max(sums[1].item(), 1)
+    weights = runner.criterion.config
+    row = {"val_cls": val_cls, "val_metric": val_metric,
+           "val_total": weights.w_cls * val_cls + weights.w_metric * val_metric}
     row.update(val_accuracy=accuracy, val_macro_ap=macro_ap)
     return row
 
@@ -416,8 +378,7 @@ def fit(
             )
     elif (out / "history.csv").exists() and not resume:
         raise FileExistsError(
-            f"{out}: a run is already there; pass resume=True (--resume) to continue it "
-            f"or choose another directory"
+            f"{out}: a run is already there; resume it or choose another directory"
         )
     _seed_everything(train_config.seed)
 
@@ -428,25 +389,8 @@ def fit(
         )
     validation = _load_split(store, data_config, model_config, "val")
     batch = data_config.batch_size
-    if data_config.sampler == "balanced":
-        batches = data_config.batches_per_epoch or max(1, len(training.dataset) // batch)
-        sampler = BalancedBatchSampler(
-            training.y_primary,
-            data_config.m_per_class,
-            batch,
-            batches,
-            seed=train_config.seed,
-            rank=context.rank,
-            world_size=context.world_size,
-        )
-    else:
-        sampler = ShuffledBatchSampler(
-            len(training.dataset),
-            batch,
-            seed=train_config.seed,
-            rank=context.rank,
-            world_size=context.world_size,
-        )
+    sampler = make_batch_sampler(data_config, training.y_primary, train_config.seed, context.rank,
+                                 context.world_size)
     if len(sampler) == 0:
         raise DataError(store.path, f"{len(training.dataset)} training cells make no batch of {batch}")
     loader = make_loader(training.dataset, sampler, data_config.num_workers)
@@ -504,7 +448,7 @@ def fit(
             epoch + 1,
             ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
-        rng_states = _all_gather_rows(torch.get_rng_state()[None], context)
+        rng_states = all_gather_rows(torch.get_rng_state()[None], context)
         if context.is_main:
             extra = {
                 "epoch": epoch + 1,
@@ -557,25 +501,6 @@ class LRFinderResult:
     losses: np.ndarray
     suggestion: float
 
-    def plot(self, path: str | os.PathLike) -> Path:
-        """Save the loss-vs-LR curve (log x axis, suggestion marked) as PNG."""
-        from matplotlib.figure import Figure
-
-        from .visualise import save_figure
-
-        figure = Figure(figsize=(6, 4))
-        axes = figure.add_subplot()
-        axes.plot(self.lrs, self.losses, color="#4c72b0")
-        axes.set_xscale("log")
-        axes.axvline(
-            self.suggestion, color="#c44e52", linestyle="--", label=f"steepest descent: {self.suggestion:.2e}"
-        )
-        axes.set_xlabel("learning rate")
-        axes.set_ylabel("training loss (smoothed)")
-        axes.set_title("LR finder")
-        axes.legend()
-        return save_figure(figure, path)
-
 
 def suggest_lr(lrs: np.ndarray, losses: np.ndarray) -> float:
     """The LR of steepest descent of the smoothed loss (per unit of log LR).
@@ -623,7 +548,7 @@ def lr_find(
     training = _load_split(store, data_config, model_config, "train")
     if training is None:
         raise DataError(store.path, "no training cells")
-    sampler = ShuffledBatchSampler(len(training.dataset), data_config.batch_size, seed=train_config.seed)
+    sampler = make_batch_sampler(data_config, training.y_primary, train_config.seed)
     network = create_model(model_config).to(device)
     criterion = CombinedLoss(loss_config, model_config.num_classes, training.class_counts).to(device)
     optimizer = _create_optimizer(network, train_config)
@@ -660,9 +585,11 @@ def lr_find(
     bar.close()
     result = LRFinderResult(np.array(lrs), np.array(losses), suggest_lr(np.array(lrs), np.array(losses)))
     if out is not None:
+        from .visualise import plot_lr_find
+
         out = Path(out)
         with atomic_path(out / "lr_find.csv") as tmp:
             pd.DataFrame({"lr": result.lrs, "loss": result.losses}).to_csv(tmp, index=False)
-        result.plot(out / "lr_find.png")
+        plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
     log.info("LR finder suggests %.3g", result.suggestion)
     return result

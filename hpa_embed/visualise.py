@@ -1,4 +1,4 @@
-"""Pictures: RGBY composites, channel views, dataset-analysis plots.
+"""Pictures: RGBY composites, channel views, dataset-analysis plots, confusion matrices.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state, no display
 needed) and written atomically.
@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .analysis import LabelStatistics
 from .io import atomic_path, write_png
 from .labels import CHANNELS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CHANNEL_COLOURS",
@@ -24,6 +28,9 @@ __all__ = [
     "save_figure",
     "save_channel_views",
     "plot_label_statistics",
+    "plot_confusion_matrices",
+    "plot_lr_find",
+    "plot_evaluation",
 ]
 
 #: RGB weight of each channel in a composite: yellow (ER) shows as red + green at half weight.
@@ -146,3 +153,90 @@ def plot_label_statistics(stats: LabelStatistics, out_dir: str | os.PathLike) ->
     axes.set_title(f"Most common label combinations ({stats.n_combinations} distinct)")
     paths.append(save_figure(figure, out_dir / "top_combinations.png"))
     return paths
+
+
+_CONFUSION_COLUMNS = ("class_id", "name", "f1", "tn", "fp", "fn", "tp")
+
+
+def plot_confusion_matrices(table: pd.DataFrame, path: str | os.PathLike, columns: int = 5) -> Path:
+    """Draw one 2x2 confusion matrix per class (true rows, predicted columns) as a PNG grid.
+
+    Cells show counts; the colour is the fraction of the true row, so that rare classes (a few
+    positives among thousands of negatives) read as clearly as common ones. Each panel's title
+    gives the class and its F1.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per class with ``class_id``, ``name``, ``f1`` and the counts ``tn``, ``fp``,
+        ``fn``, ``tp``: the table of :func:`hpa_embed.evaluate.classification_table`.
+    path : path
+        The PNG, written atomically.
+    columns : int
+        Panels per row of the grid.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    from matplotlib.figure import Figure
+
+    missing = [column for column in _CONFUSION_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}; pass the table of classification_table")
+    n_classes = len(table)
+    rows = max(1, -(-n_classes // columns))
+    figure = Figure(figsize=(2.3 * columns, 2.5 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, record in zip(axes, table.itertuples(index=False)):
+        counts = np.array([[record.tn, record.fp], [record.fn, record.tp]])
+        fraction = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
+                    color="white" if fraction[i, j] > 0.6 else "black")
+        ax.set_xticks([0, 1], ["neg", "pos"], fontsize=7)
+        ax.set_yticks([0, 1], ["neg", "pos"], fontsize=7)
+        f1 = "n/a" if np.isnan(record.f1) else f"{record.f1:.2f}"
+        ax.set_title(f"{record.class_id} {record.name}\nF1 {f1}", fontsize=8)
+    for ax in axes[n_classes:]:
+        ax.set_axis_off()
+    figure.supxlabel("predicted", fontsize=9)
+    figure.supylabel("true", fontsize=9)
+    return save_figure(figure, path)
+
+
+def plot_lr_find(lrs: np.ndarray, losses: np.ndarray, suggestion: float, path: str | os.PathLike) -> Path:
+    """The LR finder's smoothed loss against the learning rate (log axis), the suggestion marked.
+
+    ``lrs`` and ``losses`` are float ``[n]`` (:class:`hpa_embed.train.LRFinderResult`).
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(lrs, losses, color="#4c72b0")
+    axes.set_xscale("log")
+    axes.axvline(suggestion, color="#c44e52", linestyle="--", label=f"steepest descent: {suggestion:.2e}")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss (smoothed)")
+    axes.set_title("LR finder")
+    axes.legend()
+    return save_figure(figure, path)
+
+
+def plot_evaluation(out_dir: str | os.PathLike) -> list[Path]:
+    """The figures of an evaluation folder, drawn from the tables in it.
+
+    ``per_class.csv`` (:func:`hpa_embed.evaluate.evaluate_predictions`) gives
+    ``confusion_matrices.png``. Returns the paths written.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    written = []
+    if (out_dir / "per_class.csv").is_file():
+        table = pd.read_csv(out_dir / "per_class.csv")
+        written.append(plot_confusion_matrices(table, out_dir / "confusion_matrices.png"))
+    return written

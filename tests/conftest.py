@@ -29,7 +29,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_store_path(tiny_dataset, tmp_path_factory) -> Path:
     """A CellStore of 32 px crops of ``tiny_dataset`` cut along the true masks, with truth."""
-    from hpa_embed.crops import CropConfig, build_store
+    from hpa_embed.config import CropConfig
+    from hpa_embed.crops import build_store
 
     out = tmp_path_factory.mktemp("store") / "store"
     build_store(

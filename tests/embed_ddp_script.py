@@ -2,7 +2,7 @@
 
 import sys
 
-from hpa_embed.embed import embed
+from hpa_embed.embed import embed_store
 
 if __name__ == "__main__":
-    embed(sys.argv[1], sys.argv[2], out=sys.argv[3], batch_size=16, device="cpu", progress=False)
+    embed_store(sys.argv[1], sys.argv[2], out=sys.argv[3], batch_size=16, device="cpu", progress=False)

@@ -1,8 +1,10 @@
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
+import hpa_embed.cli as cli
 from hpa_embed.cli import get_parser, main
 
 
@@ -75,8 +77,14 @@ def test_pipeline_from_the_shell(tiny_dataset, tiny_store_path, tmp_path, capsys
                  "true_labels", "--out", str(tmp_path / "knn")]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--predictions", str(tmp_path / "knn"), "--out", str(tmp_path / "eval")]) == 0
-    assert "cell-level AP against true_labels" in capsys.readouterr().out
+    cells = pd.read_parquet(emb / "cells.parquet")
+    test_cells = cells[cells["split"] == "test"]
+    out = capsys.readouterr().out
+    assert f"{len(test_cells)} cells of {test_cells['image_id'].nunique()} images (test): cell_map" in out
     assert (tmp_path / "eval" / "confusion_matrices.png").is_file()
+    assert main(["evaluate", "--predictions", str(tmp_path / "knn"), "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "scores cells the model was trained on" in out and f"{len(cells)} cells" in out
 
     submission = tmp_path / "submission.csv"
     assert main(["submit", str(tmp_path / "head"), "--masks", str(tiny_dataset / "truth"), "--out",
@@ -84,5 +92,49 @@ def test_pipeline_from_the_shell(tiny_dataset, tiny_store_path, tmp_path, capsys
     assert submission.read_text().startswith("ID,ImageWidth,ImageHeight,PredictionString")
     capsys.readouterr()
     assert main(["evaluate", "--submission", str(submission), "--truth", str(tiny_dataset)]) == 0
-    assert "competition metric (IoU >= 0.6): mAP" in capsys.readouterr().out
+    assert "competition metric (IoU >= 0.6) over the images of the submission: mAP" in capsys.readouterr().out
     assert main(["evaluate", "--submission", str(submission)]) == 2
+
+
+def test_run_and_demo_configs_from_the_shell(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[input]\npreset = "tiny"\nn_images = 6\n[split]\nfractions = [0.5, 0.2, 0.3]\n'
+        '[model]\narch = "resnet18"\ncrop_size = 32\nembedding_dim = 16\n'
+        '[data]\nlabel_mode = "image_labels"\nbatch_size = 8\nm_per_class = 2\nbatches_per_epoch = 1\n'
+        '[train]\nepochs = 1\n[classify]\nmethods = ["head"]\n'
+    )
+    out = tmp_path / "out"
+    quiet = ["--workers", "1", "--no-progress"]
+    assert main(["run", str(config), "--out", str(out), "--until", "crop", *quiet]) == 0
+    printed = capsys.readouterr().out
+    assert "stages run: input, segment, crop; up to date: none" in printed
+    assert "segmentation against the true masks: cell F1" in printed
+    assert main(["run", str(config), "--out", str(out), *quiet, "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "stages run: train, embed, index, classify, evaluate; up to date: input, segment, crop" in printed
+    assert "evaluation on the test split(s):" in printed and "head:" in printed
+    assert (out / "evaluation" / "head" / "confusion_matrices.png").stat().st_size > 5000
+
+
+def test_config_template_and_check(tmp_path, capsys):
+    assert main(["config", "template", "--out", str(tmp_path / "all.toml")]) == 0
+    assert main(["config", "check", str(tmp_path / "all.toml")]) == 0
+    assert "[evaluate]" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data]\nbatch_sise = 3\n")
+    assert main(["config", "check", str(bad)]) == 2
+    assert "[data] batch_sise: unknown key; did you mean batch_size?" in capsys.readouterr().err
+    assert main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_defect_is_not_reported_as_bad_input(monkeypatch, tmp_path):
+    def broken(args):
+        raise ValueError("a defect in the code")
+
+    monkeypatch.setattr(cli, "_run_analyse", broken)
+    csv = tmp_path / "train.csv"
+    csv.write_text("ID,Label\na,0\n")
+    with pytest.raises(ValueError, match="a defect"):
+        main(["analyse", str(csv)])

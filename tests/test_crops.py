@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -9,16 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpa_embed.config import CropConfig
 from hpa_embed.crops import (
-    CropConfig,
     assign_splits,
     build_store,
     cell_geometry,
     extract_crops,
     field_scales,
-    match_cells,
-    select_cells,
 )
+from hpa_embed.data import cell_targets
 from hpa_embed.io import DataError, LabelTable, read_field, write_labels, write_mask, write_png
 from hpa_embed.labels import CHANNELS, HPA2021, RGB_CHANNELS
 from hpa_embed.store import CellStore
@@ -165,18 +165,6 @@ def test_extract_crops_rejects_mismatched_shapes():
         extract_crops(np.zeros((3, 10, 10), np.float32), np.zeros((10, 10), np.int32))
 
 
-def test_match_cells_takes_best_iou_above_half():
-    truth = rectangles_mask((20, 20), [(0, 0, 10, 10), (10, 10, 20, 20)])
-    predicted = np.zeros((20, 20), dtype=np.int32)
-    predicted[0:10, 2:10] = 5  # inside true 1: IoU 80/100
-    predicted[10:20, 10:13] = 6  # inside true 2: IoU 30/100 -> no match
-    predicted[0:2, 12:20] = 7  # on background only
-    matches = match_cells(predicted, truth)
-    assert matches["mask_id"].tolist() == [5, 6, 7]
-    assert matches["true_id"].tolist() == [1, 0, 0]
-    assert matches["iou"].tolist() == pytest.approx([0.8, 0.3, 0.0])
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -223,6 +211,12 @@ def test_store_refuses_duplicates_and_bad_crops(tmp_path):
         CellStore.create(tmp_path / "s")
     with pytest.raises(DataError, match="not a cell store"):
         CellStore.open(tmp_path)
+    meta_path = tmp_path / "s" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    assert (meta["format"], meta["version"], meta["crop_size"]) == ("hpa_embed.cellstore", 1, 8)
+    meta_path.write_text(json.dumps({**meta, "version": 2}))
+    with pytest.raises(DataError, match=r"store\.json: cell store format version 2 is not supported"):
+        CellStore.open(tmp_path / "s")
 
 
 @pytest.mark.parametrize("failing", ["chunk", "table"])
@@ -350,7 +344,7 @@ def test_build_store_true_labels_by_iou(tmp_path):
     build_store(images, masks, tmp_path / "store", labels=labels, truth=tmp_path, workers=1)
     store = CellStore.open(tmp_path / "store")
     assert store.cells["true_labels"].tolist() == [[4], [18], None] * 2
-    rows_, Y = select_cells(store.cells, "true_labels")
+    rows_, Y = cell_targets(store.cells, "true_labels")
     assert rows_.tolist() == [0, 1, 3, 4] and np.flatnonzero(Y[1]).tolist() == [18]
 
 
@@ -368,42 +362,7 @@ def test_build_store_on_a_synthetic_set_with_its_truth(tmp_path):
     assert store.cells.set_index("cell_id")["area"][expected["cell_id"]].tolist() == expected["area"].tolist()
 
 
-# --------------------------------------------------------------------------- weak labels and splits
-
-
-def weak_label_table() -> pd.DataFrame:
-    return pd.DataFrame({
-        "cell_id": [f"c{i}" for i in range(6)],
-        "image_id": ["a", "a", "b", "c", "c", "d"],
-        "row": np.arange(6),
-        "image_labels": [[3], [3], [0, 16], [18], [18], []],
-        "true_labels": [[3], [18], [16], None, [18], None],
-        "split": ["train", "train", "val", "train", "train", "test"],
-    })
-
-
-def test_select_cells_single_label():
-    rows, y = select_cells(weak_label_table(), "single_label")
-    assert rows.tolist() == [0, 1, 3, 4] and y.tolist() == [3, 3, 18, 18] and y.dtype == np.int64
-
-
-def test_select_cells_image_labels():
-    rows, Y = select_cells(weak_label_table(), "image_labels")
-    assert rows.tolist() == [0, 1, 2, 3, 4] and Y.shape == (5, 19) and Y.dtype == bool
-    assert [np.flatnonzero(r).tolist() for r in Y] == [[3], [3], [0, 16], [18], [18]]
-    rows, Y = select_cells(weak_label_table(), "image_labels", split="val")
-    assert rows.tolist() == [2]
-
-
-def test_select_cells_true_labels_and_refusal():
-    rows, Y = select_cells(weak_label_table(), "true_labels")
-    assert rows.tolist() == [0, 1, 2, 4]
-    assert [np.flatnonzero(r).tolist() for r in Y] == [[3], [18], [16], [18]]
-    no_truth = weak_label_table().assign(true_labels=None)
-    with pytest.raises(ValueError, match="no per-cell truth"):
-        select_cells(no_truth, "true_labels")
-    with pytest.raises(ValueError, match="unknown mode"):
-        select_cells(no_truth, "cells")
+# --------------------------------------------------------------------------- splits
 
 
 def test_assign_splits_is_by_image_stratified_and_stable():

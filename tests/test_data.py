@@ -1,16 +1,26 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from hpa_embed.crops import select_cells
-from hpa_embed.data import BalancedBatchSampler, CellDataset, ShuffledBatchSampler, augment_batch, make_loader
+from hpa_embed.config import ConfigError, DataConfig
+from hpa_embed.data import (
+    BalancedBatchSampler,
+    CellDataset,
+    ShuffledBatchSampler,
+    augment_batch,
+    cell_targets,
+    make_batch_sampler,
+    make_loader,
+)
 from hpa_embed.labels import RGB_CHANNELS
 from hpa_embed.store import CellStore
 
 
 def test_dataset_reads_batches_and_selects_channels(tiny_store_path):
     store = CellStore.open(tiny_store_path)
-    rows, Y = select_cells(store.cells, "image_labels", split="train")
+    positions, Y = cell_targets(store.cells, "image_labels", splits="train")
+    rows = store.cells["row"].to_numpy()[positions]
     dataset = CellDataset(store, rows, Y)
     crops, targets = dataset.__getitems__([3, 0, 3])
     assert crops.dtype == torch.uint8 and crops.shape == (3, 4, 32, 32)
@@ -24,7 +34,8 @@ def test_dataset_reads_batches_and_selects_channels(tiny_store_path):
 
 def test_loader_yields_sampler_batches(tiny_store_path):
     store = CellStore.open(tiny_store_path)
-    rows, y = select_cells(store.cells, "single_label", split="train")
+    positions, y = cell_targets(store.cells, "single_label", splits="train")
+    rows = store.cells["row"].to_numpy()[positions]
     dataset = CellDataset(store, rows, y)
     sampler = ShuffledBatchSampler(len(dataset), 8, seed=3)
     batches = list(make_loader(dataset, sampler))
@@ -81,3 +92,63 @@ def test_shuffled_sampler_pads_last_batch_across_ranks():
     ]
     assert ranks[0][-1] == [8, 9] and ranks[1][-1] == [0, 1]
     assert sorted(set(sum(ranks[0] + ranks[1], []))) == list(range(10))
+
+
+def test_make_batch_sampler_keeps_the_batch_and_draws_more_per_class_when_classes_are_few(caplog):
+    labels = np.repeat(np.arange(3), 20)  # 3 classes; a batch of 12 with m=2 would need 6
+    data = DataConfig(batch_size=12, m_per_class=2, batches_per_epoch=4)
+    sampler = make_batch_sampler(data, labels, seed=5)
+    assert "drawing 4 cells of 3 classes per batch instead" in caplog.text
+    batches = list(sampler)
+    assert len(batches) == 4
+    for batch in batches:
+        assert len(batch) == 12 and sorted(np.bincount(labels[batch])) == [4, 4, 4]
+    # 1 class cannot fill a balanced batch of 12 with any m below 12 ... but m = 12 works
+    one = make_batch_sampler(DataConfig(batch_size=12, m_per_class=2), np.zeros(30, dtype=int))
+    assert all(len(batch) == 12 for batch in one)
+    with pytest.raises(ConfigError, match="cannot be drawn from 0 classes"):
+        make_batch_sampler(DataConfig(batch_size=12, m_per_class=2), np.zeros(0, dtype=int))
+
+
+def test_make_batch_sampler_shuffle_and_seed():
+    labels = np.repeat(np.arange(5), 8)
+    data = DataConfig(sampler="shuffle", batch_size=8)
+    assert list(make_batch_sampler(data, labels, seed=2)) == list(ShuffledBatchSampler(40, 8, seed=2))
+    balanced = DataConfig(batch_size=8, m_per_class=2)
+    first, again = (list(make_batch_sampler(balanced, labels, seed=2)) for _ in range(2))
+    assert first == again
+
+
+def weak_label_table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "cell_id": [f"c{i}" for i in range(6)],
+        "image_id": ["a", "a", "b", "c", "c", "d"],
+        "row": np.arange(6),
+        "image_labels": [[3], [3], [0, 16], [18], [18], []],
+        "true_labels": [[3], [18], [16], None, [18], None],
+        "split": ["train", "train", "val", "train", "train", "test"],
+    })
+
+
+def test_cell_targets_single_label():
+    rows, y = cell_targets(weak_label_table(), "single_label")
+    assert rows.tolist() == [0, 1, 3, 4] and y.tolist() == [3, 3, 18, 18] and y.dtype == np.int64
+
+
+def test_cell_targets_image_labels():
+    rows, Y = cell_targets(weak_label_table(), "image_labels")
+    assert rows.tolist() == [0, 1, 2, 3, 4] and Y.shape == (5, 19) and Y.dtype == bool
+    assert [np.flatnonzero(r).tolist() for r in Y] == [[3], [3], [0, 16], [18], [18]]
+    rows, Y = cell_targets(weak_label_table(), "image_labels", splits="val")
+    assert rows.tolist() == [2]
+
+
+def test_cell_targets_true_labels_and_refusal():
+    rows, Y = cell_targets(weak_label_table(), "true_labels")
+    assert rows.tolist() == [0, 1, 2, 4]
+    assert [np.flatnonzero(r).tolist() for r in Y] == [[3], [18], [16], [18]]
+    no_truth = weak_label_table().assign(true_labels=None)
+    with pytest.raises(ConfigError, match="carry no 'true_labels'"):
+        cell_targets(no_truth, "true_labels")
+    with pytest.raises(ConfigError, match="label_mode='cells'"):
+        cell_targets(no_truth, "cells")

@@ -4,7 +4,7 @@ import torch
 from conftest import run_torchrun
 
 from hpa_embed.config import ModelConfig
-from hpa_embed.embed import embed, read_embeddings
+from hpa_embed.embed import embed_store, read_embeddings
 from hpa_embed.io import DataError
 from hpa_embed.models import create_model, preprocess, save_checkpoint
 from hpa_embed.store import CellStore
@@ -18,7 +18,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_embed_matches_direct_forward_and_round_trips(tiny_store_path, checkpoint, tmp_path):
-    result = embed(
+    result = embed_store(
         checkpoint, tiny_store_path, out=tmp_path / "emb", split="val", batch_size=5, progress=False
     )
     store = CellStore.open(tiny_store_path)
@@ -42,15 +42,16 @@ def test_embed_refuses_bad_input(tiny_store_path, checkpoint, tmp_path):
     with pytest.raises(DataError, match="not an embeddings directory"):
         read_embeddings(tmp_path)
     with pytest.raises(DataError, match="config.json"):
-        embed(tmp_path, tiny_store_path)
+        embed_store(tmp_path, tiny_store_path)
     config = ModelConfig(arch="resnet18", in_chans=3, crop_size=64, embedding_dim=8)
     wrong = save_checkpoint(tmp_path / "wrong", create_model(config), config)
     with pytest.raises(DataError, match="32 px crops"):
-        embed(wrong, tiny_store_path)
+        embed_store(wrong, tiny_store_path)
 
 
+@pytest.mark.slow
 def test_two_process_embedding_equals_one_process(tiny_store_path, checkpoint, tmp_path):
-    single = embed(checkpoint, tiny_store_path, batch_size=16, progress=False)
+    single = embed_store(checkpoint, tiny_store_path, batch_size=16, progress=False)
     run_torchrun("embed_ddp_script.py", checkpoint, tiny_store_path, tmp_path / "ddp")
     ddp = read_embeddings(tmp_path / "ddp")
     assert list(ddp.cell_ids) == list(single.cell_ids)

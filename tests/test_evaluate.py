@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from hpa_embed.evaluate import (
     ImageTruth,
@@ -12,119 +11,10 @@ from hpa_embed.evaluate import (
     competition_map,
     evaluate_cells,
     evaluate_submission,
-    mask_iou,
-    match_objects,
-    object_f1,
-    plot_confusion_matrices,
 )
 from hpa_embed.labels import HPA2021
-from hpa_embed.submission import Submission, build_submission, encode_binary_mask, predictions_from_cells
-
-
-def random_mask(rng, shape=(40, 50), n_objects=6, max_id=1000):
-    """Rectangles with sparse random ids painted over each other."""
-    mask = np.zeros(shape, dtype=np.int32)
-    ids = rng.choice(np.arange(1, max_id), size=n_objects, replace=False)
-    for object_id in ids:
-        r, c = rng.integers(0, shape[0] - 5), rng.integers(0, shape[1] - 5)
-        h, w = rng.integers(3, 15, size=2)
-        mask[r : r + h, c : c + w] = object_id
-    return mask
-
-
-def brute_force_iou(true_mask, pred_mask):
-    true_ids = np.unique(true_mask[true_mask > 0])
-    pred_ids = np.unique(pred_mask[pred_mask > 0])
-    iou = np.zeros((len(true_ids), len(pred_ids)))
-    for i, t in enumerate(true_ids):
-        for j, p in enumerate(pred_ids):
-            a, b = true_mask == t, pred_mask == p
-            iou[i, j] = (a & b).sum() / (a | b).sum()
-    return iou, true_ids, pred_ids
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_mask_iou_matches_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    true_mask, pred_mask = random_mask(rng), random_mask(rng, max_id=70000)
-    iou, true_ids, pred_ids = mask_iou(true_mask, pred_mask)
-    expected, expected_true, expected_pred = brute_force_iou(true_mask, pred_mask)
-    np.testing.assert_array_equal(true_ids, expected_true)
-    np.testing.assert_array_equal(pred_ids, expected_pred)
-    np.testing.assert_allclose(iou, expected)
-
-
-def test_mask_iou_hand_computed_and_empty():
-    true_mask = np.zeros((4, 4), dtype=np.int32)
-    true_mask[:2, :2] = 5  # 4 px
-    pred_mask = np.zeros((4, 4), dtype=np.int32)
-    pred_mask[:2, :3] = 9  # 6 px, 4 shared
-    iou, true_ids, pred_ids = mask_iou(true_mask, pred_mask)
-    assert true_ids.tolist() == [5] and pred_ids.tolist() == [9]
-    assert iou[0, 0] == pytest.approx(4 / 6)
-    iou, true_ids, pred_ids = mask_iou(true_mask, np.zeros_like(true_mask))
-    assert iou.shape == (1, 0) and pred_ids.size == 0
-    # a mask without background pixels
-    iou, _, _ = mask_iou(np.full((3, 3), 2), np.full((3, 3), 7))
-    assert iou.tolist() == [[1.0]]
-
-
-def test_mask_iou_rejects_bad_input():
-    with pytest.raises(ValueError, match="shape"):
-        mask_iou(np.zeros((3, 3), int), np.zeros((3, 4), int))
-    with pytest.raises(ValueError, match="integer"):
-        mask_iou(np.zeros((3, 3)), np.zeros((3, 3), int))
-
-
-def test_match_objects_one_to_one_and_greedy():
-    true_mask = np.zeros((10, 20), dtype=np.int32)
-    true_mask[:, :10] = 1
-    true_mask[:, 10:] = 2
-    pred_mask = np.zeros_like(true_mask)
-    pred_mask[:, :9] = 4  # IoU with 1: 90/100
-    pred_mask[:, 9:20] = 3  # IoU with 2: 100/110; with 1: 10/200
-    true_ids, pred_ids, ious = match_objects(true_mask, pred_mask, 0.6)
-    assert true_ids.tolist() == [2, 1] and pred_ids.tolist() == [3, 4]
-    np.testing.assert_allclose(ious, [100 / 110, 0.9])
-    # below the threshold nothing matches
-    assert len(match_objects(true_mask, pred_mask, 0.95)[2]) == 0
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_match_objects_brute_force_low_threshold(seed):
-    """Greedy matching equals a brute-force greedy pass over the IoU matrix."""
-    rng = np.random.default_rng(seed)
-    true_mask, pred_mask = random_mask(rng, n_objects=10), random_mask(rng, n_objects=10)
-    expected, t_ids, p_ids = brute_force_iou(true_mask, pred_mask)
-    pairs = []
-    iou = expected.copy()
-    while iou.size and iou.max() >= 0.1:
-        i, j = np.unravel_index(iou.argmax(), iou.shape)
-        pairs.append((t_ids[i], p_ids[j]))
-        iou[i, :] = -1
-        iou[:, j] = -1
-    true_ids, pred_ids, _ = match_objects(true_mask, pred_mask, 0.1)
-    assert sorted(zip(true_ids.tolist(), pred_ids.tolist())) == sorted(
-        (int(a), int(b)) for a, b in pairs
-    )
-
-
-def test_object_f1():
-    true_mask = np.zeros((10, 30), dtype=np.int32)
-    true_mask[:, :10], true_mask[:, 10:20], true_mask[:, 20:] = 1, 2, 3
-    pred_mask = np.zeros_like(true_mask)
-    pred_mask[:, :10] = 7  # exact
-    pred_mask[:, 10:16] = 8  # IoU 0.6 with 2 -> matched at 0.6
-    pred_mask[:3, 20:] = 9  # IoU 0.3 with 3 -> not matched
-    scores = object_f1(true_mask, pred_mask, 0.6)
-    assert (scores.n_true, scores.n_pred, scores.n_matched) == (3, 3, 2)
-    assert scores.precision == pytest.approx(2 / 3) and scores.recall == pytest.approx(2 / 3)
-    assert scores.f1 == pytest.approx(2 / 3)
-    assert scores.mean_iou == pytest.approx((1.0 + 0.6) / 2)
-    assert object_f1(np.zeros((3, 3), int), np.zeros((3, 3), int)).f1 == 1.0
-    only_true = object_f1(true_mask, np.zeros_like(true_mask))
-    assert only_true.f1 == 0.0 and only_true.recall == 0.0 and np.isnan(only_true.mean_iou)
-
+from hpa_embed.rle import encode_binary_mask
+from hpa_embed.submission import Submission, build_submission, predictions_from_cells
 
 # --------------------------------------------------------------------------- competition metric
 
@@ -330,7 +220,7 @@ def test_evaluate_synthetic_truth_end_to_end(tiny_dataset, tmp_path):
     assert written["n_gt"].tolist() == Y.sum(axis=0).tolist()
 
 
-# --------------------------------------------------------------------------- confusion matrices
+# --------------------------------------------------------------------------- per-class tables
 
 
 def test_classification_table_hand_computed():
@@ -351,21 +241,13 @@ def test_classification_table_hand_computed():
     assert lower.loc[0, "tp"] == 2
 
 
-def test_plot_confusion_matrices_and_evaluate_cells(tmp_path):
+def test_evaluate_cells_writes_its_tables(tmp_path):
     rng = np.random.default_rng(1)
     Y = rng.random((200, 19)) < 0.2
     probabilities = np.clip(Y * 0.6 + rng.random((200, 19)) * 0.5, 0, 1)
-    result = evaluate_cells(Y, probabilities, tmp_path / "report")  # calls plot_confusion_matrices
-    assert {p.name for p in (tmp_path / "report").iterdir()} == {
-        "cell_ap.csv", "per_class.csv", "confusion_matrices.png"}
-    with Image.open(tmp_path / "report" / "confusion_matrices.png") as image:
-        assert image.format == "PNG" and image.width > 600 and image.height > 400
-        # 19 panels in a 5 x 4 grid: the last slot is blank, the others are not
-        pixels = np.asarray(image.convert("L"))
-    height, width = pixels.shape
-    assert pixels[-height // 5 :, -width // 6 :].min() > 240
-    assert pixels[: height // 4, : width // 5].min() < 100
+    result = evaluate_cells(Y, probabilities, tmp_path / "report")
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"cell_ap.csv", "per_class.csv"}
     with pytest.raises(ValueError, match="must both be"):
-        plot_confusion_matrices(Y, probabilities[:, :5], tmp_path / "bad.png")
+        classification_table(Y, probabilities[:, :5])
     assert result.map == pytest.approx(cell_level_ap(probabilities, Y).map)
     assert pd.read_csv(tmp_path / "report" / "per_class.csv")["support"].tolist() == Y.sum(0).tolist()

@@ -9,12 +9,12 @@ from hpa_embed.config import IndexConfig, read_config_file, write_config_file
 from hpa_embed.index import (
     CellIndex,
     index_embeddings,
-    merge_shards,
     neighbours_table,
     resolve_kind,
     resolve_nlist,
 )
-from hpa_embed.io import DataError
+from hpa_embed.index_shards import merge_shards
+from hpa_embed.io import DataError, read_header, write_header
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -82,7 +82,7 @@ def test_auto_kind_and_nlist():
 def test_index_config_round_trips_through_toml(tmp_path):
     config = IndexConfig(kind="ivfpq", nlist=None, nprobe=8, pq_m=8, metric="l2")
     write_config_file(tmp_path / "run.toml", {"index": config})
-    assert read_config_file(tmp_path / "run.toml")["index"] == config
+    assert read_config_file(tmp_path / "run.toml").index == config
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
@@ -200,6 +200,29 @@ def test_save_load_round_trip(tmp_path, data, kind):
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temporary left behind
 
 
+def test_index_format_round_trips_plain_pieces(tmp_path, data):
+    """The format layer writes and reads the pieces of an index without CellIndex."""
+    import subprocess
+    import sys
+
+    import faiss
+
+    from hpa_embed.index_format import extract_ivf, faiss_metric, load_index_files, save_index_files
+
+    X, ids, _ = data
+    config = IndexConfig(kind="flat", metric="l2")
+    flat = faiss.IndexFlat(X.shape[1], faiss_metric("l2"))
+    flat.add(X[:20])
+    assert save_index_files(tmp_path / "idx", flat, ids[:20], config, "flat", id_offset=0) == tmp_path / "idx"
+    files = load_index_files(tmp_path / "idx")
+    assert (files.faiss_index.ntotal, files.config, files.kind, files.id_offset) == (20, config, "flat", 0)
+    assert files.trained is None and not files.on_disk and extract_ivf(files.faiss_index) is None
+    assert files.cell_ids.tolist() == ids[:20].tolist()
+    assert len(CellIndex.load(tmp_path / "idx")) == 20
+    code = "import sys, hpa_embed.index_format; sys.exit('hpa_embed.index' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # the lower layer stands alone
+
+
 def test_save_refuses_to_replace_other_directories(tmp_path, data):
     X, ids, _ = data
     index = CellIndex.build(X[:10], ids[:10], IndexConfig(kind="flat"), progress=False)
@@ -257,6 +280,45 @@ def test_corrupt_or_mismatched_files_are_refused(tmp_path, data):
         CellIndex.load(broken("bad", other_ids))
     with pytest.raises(DataError, match="index.json"):
         CellIndex.load(tmp_path / "nowhere")
+
+
+def test_read_header_refuses_each_bad_file(tmp_path):
+    (tmp_path / "data.bin").write_bytes(b"0123456789")
+    (tmp_path / "big.bin").write_bytes(b"x" * 100)
+    header = write_header(tmp_path / "h.json", "test.format", 2, {"answer": 42}, files=["data.bin"],
+                          large_files=["big.bin"])
+    assert header["files"] == {
+        "data.bin": {"sha256": "84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882"},
+        "big.bin": {"bytes": 100},
+    }
+    good = json.loads((tmp_path / "h.json").read_text())
+    assert good == header and good["answer"] == 42 and good["library_version"]
+    assert read_header(tmp_path / "h.json", "test.format", {1, 2}) == header
+
+    def refused(problem, *, text=None, change=None, versions=(1, 2), name="h.json"):
+        (tmp_path / "h.json").write_text(json.dumps(good) if text is None else text)
+        (tmp_path / "data.bin").write_bytes(b"0123456789")
+        (tmp_path / "big.bin").write_bytes(b"x" * 100)
+        if change:
+            change()
+        with pytest.raises(DataError, match=problem) as error:
+            read_header(tmp_path / "h.json", "test.format", versions, what="test file")
+        assert error.value.path == tmp_path / name
+
+    with pytest.raises(DataError, match="not found"):
+        read_header(tmp_path / "nowhere.json", "test.format", {2})
+    refused("not valid JSON", text="{not json")
+    refused("expected a JSON object", text="[1, 2]")
+    refused("not a test file .*format 'other'", text=json.dumps({**good, "format": "other"}))
+    refused("format version 2 is not supported .*reads 1", versions={1})
+    refused("format version True is not supported", text=json.dumps({**good, "version": True}))
+    refused("missing", change=(tmp_path / "data.bin").unlink, name="data.bin")
+    refused("checksum mismatch", change=lambda: (tmp_path / "data.bin").write_bytes(b"0123456780"),
+            name="data.bin")
+    refused("size 99 bytes, expected 100", change=lambda: (tmp_path / "big.bin").write_bytes(b"x" * 99),
+            name="big.bin")
+    with pytest.raises(ValueError, match="reserved"):
+        write_header(tmp_path / "h.json", "test.format", 1, {"version": 3})
 
 
 def test_build_from_blocks_equals_build(data):

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from hpa_embed.config import LossConfig, ModelConfig, read_config_file, to_toml, write_config_file
+from hpa_embed.config import ModelConfig
 from hpa_embed.io import DataError
 from hpa_embed.models import (
     CellEmbeddingModel,
@@ -76,28 +76,6 @@ def test_model_config_rejects_bad_values(overrides):
         ModelConfig(**overrides)
 
 
-def test_config_dict_and_toml_round_trip(tmp_path):
-    model = ModelConfig(arch="resnet34", in_chans=3, pretrained="weights/r34.pth", mean=(0.1, 0.2, 0.3))
-    loss = LossConfig(classification=None, miner=None, class_weights="effective_number")
-    assert ModelConfig.from_dict(json.loads(json.dumps(model.to_dict()))) == model
-    path = write_config_file(tmp_path / "run.toml", {"model": model, "loss": loss})
-    assert read_config_file(path) == {"model": model, "loss": loss}
-    assert 'miner = "none"' in to_toml({"loss": loss})
-
-
-def test_config_file_errors_name_the_file(tmp_path):
-    path = tmp_path / "run.toml"
-    path.write_text("[model]\narchh = 'resnet18'\n")
-    with pytest.raises(DataError, match=r"run\.toml.*unknown ModelConfig keys \['archh'\]"):
-        read_config_file(path)
-    path.write_text("[trainer]\nepochs = 3\n")
-    with pytest.raises(DataError, match="unknown tables"):
-        read_config_file(path)
-    path.write_text("[model\n")
-    with pytest.raises(DataError, match="not valid TOML"):
-        read_config_file(path)
-
-
 # --------------------------------------------------------------------------- first conv
 
 
@@ -140,20 +118,38 @@ def test_adapted_filter_keeps_the_response_to_a_grey_image():
 # --------------------------------------------------------------------------- backbone and model
 
 
-def test_forward_shapes_and_unit_norm(model_and_config, batch):
-    model, config = model_and_config
-    output = model(batch)
+def test_forward_shapes_and_unit_norm(batch):
+    torch.manual_seed(0)
+    config = small_config(dropout=0.5)
+    model = create_model(config)
+    head = model.head
+    with torch.no_grad():  # BatchNorm statistics and affine far from identity, so they must be applied
+        head.norm.running_mean.uniform_(-1, 1)
+        head.norm.running_var.uniform_(0.5, 2)
+        head.norm.weight.uniform_(0.5, 2)
+        head.norm.bias.uniform_(-1, 1)
+    model.eval()
+    with torch.no_grad():
+        output = model(batch)
+        features = model.backbone(batch).double()
     assert isinstance(output, ModelOutput)
     assert output.embedding.shape == (3, 16) and output.embedding.dtype == torch.float32
-    assert output.logits.shape == (3, 19)
-    torch.testing.assert_close(output.embedding.norm(dim=1), torch.ones(3))
-    torch.testing.assert_close(model.embed(batch), output.embedding)
-    torch.testing.assert_close(model.classifier(output.embedding), output.logits)
+    assert output.logits.shape == (3, 19) and output.logits.dtype == torch.float32
+    # by hand, in float64: Linear -> BatchNorm (running statistics) -> no dropout -> L2-normalise
+    z = features @ head.linear.weight.double().T + head.linear.bias.double()
+    z = (z - head.norm.running_mean.double()) / torch.sqrt(head.norm.running_var.double() + head.norm.eps)
+    z = z * head.norm.weight.double() + head.norm.bias.double()
+    embedding = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    torch.testing.assert_close(output.embedding.double(), embedding, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.embedding.double().norm(dim=1), torch.ones(3, dtype=torch.float64))
+    # the classifier as documented: W (sqrt(D) e) + b on the unit embedding
+    classifier = model.classifier.linear
+    logits = math.sqrt(16) * embedding @ classifier.weight.double().T + classifier.bias.double()
+    torch.testing.assert_close(output.logits.double(), logits, atol=1e-5, rtol=1e-5)
     # channels_last input gives the same result
-    torch.testing.assert_close(
-        model(batch.contiguous(memory_format=torch.channels_last)).embedding, output.embedding,
-        atol=1e-5, rtol=1e-4,
-    )
+    with torch.no_grad():
+        channels_last = model(batch.contiguous(memory_format=torch.channels_last)).embedding
+    torch.testing.assert_close(channels_last, output.embedding, atol=1e-5, rtol=1e-4)
 
 
 def test_classifier_scales_the_unit_embedding_by_sqrt_d():
@@ -256,7 +252,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, model_and_confi
     directory = save_checkpoint(tmp_path / "ckpt", model, config, {"epoch": 3, "map": 0.41})
     assert sorted(p.name for p in directory.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     meta = json.loads((directory / CONFIG_FILE).read_text())
-    assert meta["format_version"] == 1 and meta["class_scheme"]["names"][18] == "Negative"
+    assert (meta["format"], meta["version"]) == ("hpa_embed.checkpoint", 1)
+    assert meta["class_scheme"]["names"][18] == "Negative"
     summary = describe_checkpoint(directory)
     assert "resnet18, 4 channels" in summary and "epoch: 3" in summary
     loaded, loaded_config, extra = load_checkpoint(directory)
@@ -303,7 +300,7 @@ def test_checkpoint_corruption_errors(tmp_path, model_and_config):
         load_checkpoint(directory)
 
     meta = json.loads(good)
-    config_path.write_text(json.dumps({**meta, "format_version": 2}))
+    config_path.write_text(json.dumps({**meta, "version": 2}))
     with pytest.raises(DataError, match="format version 2 is not supported"):
         load_checkpoint(directory)
 

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from hpa_embed.evaluate import object_f1
 from hpa_embed.io import read_mask, write_png
 from hpa_embed.segment import (
     ClassicalSegmenter,
@@ -16,7 +15,11 @@ from hpa_embed.segment import (
     check_masks,
     estimate_pixel_size,
     hpacellseg_inputs,
+    mask_iou,
     masks_from_hpacellseg,
+    match_cells,
+    match_objects,
+    object_f1,
     relabel_masks,
     segment_directory,
     split_touching,
@@ -422,3 +425,157 @@ def test_segment_directory_npz(tmp_path):
     assert check_masks(cell_mask, read_mask(tmp_path / "out" / "a_nucleimask.npz")) == 3
     with pytest.raises(ValueError, match="mask_format"):
         segment_directory(images, tmp_path / "out", mask_format="tif")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def random_mask(rng, shape=(40, 50), n_objects=6, max_id=1000):
+    """Rectangles with sparse random ids painted over each other."""
+    mask = np.zeros(shape, dtype=np.int32)
+    ids = rng.choice(np.arange(1, max_id), size=n_objects, replace=False)
+    for object_id in ids:
+        r, c = rng.integers(0, shape[0] - 5), rng.integers(0, shape[1] - 5)
+        h, w = rng.integers(3, 15, size=2)
+        mask[r : r + h, c : c + w] = object_id
+    return mask
+
+
+def brute_force_iou(true_mask, pred_mask):
+    true_ids = np.unique(true_mask[true_mask > 0])
+    pred_ids = np.unique(pred_mask[pred_mask > 0])
+    iou = np.zeros((len(true_ids), len(pred_ids)))
+    for i, t in enumerate(true_ids):
+        for j, p in enumerate(pred_ids):
+            a, b = true_mask == t, pred_mask == p
+            iou[i, j] = (a & b).sum() / (a | b).sum()
+    return iou, true_ids, pred_ids
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mask_iou_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    true_mask, pred_mask = random_mask(rng), random_mask(rng, max_id=70000)
+    iou, true_ids, pred_ids = mask_iou(true_mask, pred_mask)
+    expected, expected_true, expected_pred = brute_force_iou(true_mask, pred_mask)
+    np.testing.assert_array_equal(true_ids, expected_true)
+    np.testing.assert_array_equal(pred_ids, expected_pred)
+    np.testing.assert_allclose(iou, expected)
+
+
+def test_mask_iou_hand_computed_and_empty():
+    true_mask = np.zeros((4, 4), dtype=np.int32)
+    true_mask[:2, :2] = 5  # 4 px
+    pred_mask = np.zeros((4, 4), dtype=np.int32)
+    pred_mask[:2, :3] = 9  # 6 px, 4 shared
+    iou, true_ids, pred_ids = mask_iou(true_mask, pred_mask)
+    assert true_ids.tolist() == [5] and pred_ids.tolist() == [9]
+    assert iou[0, 0] == pytest.approx(4 / 6)
+    iou, true_ids, pred_ids = mask_iou(true_mask, np.zeros_like(true_mask))
+    assert iou.shape == (1, 0) and pred_ids.size == 0
+    # a mask without background pixels
+    iou, _, _ = mask_iou(np.full((3, 3), 2), np.full((3, 3), 7))
+    assert iou.tolist() == [[1.0]]
+
+
+def test_mask_iou_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        mask_iou(np.zeros((3, 3), int), np.zeros((3, 4), int))
+    with pytest.raises(ValueError, match="integer"):
+        mask_iou(np.zeros((3, 3)), np.zeros((3, 3), int))
+
+
+def test_match_objects_one_to_one_and_greedy():
+    true_mask = np.zeros((10, 20), dtype=np.int32)
+    true_mask[:, :10] = 1
+    true_mask[:, 10:] = 2
+    pred_mask = np.zeros_like(true_mask)
+    pred_mask[:, :9] = 4  # IoU with 1: 90/100
+    pred_mask[:, 9:20] = 3  # IoU with 2: 100/110; with 1: 10/200
+    true_ids, pred_ids, ious = match_objects(true_mask, pred_mask, 0.6)
+    assert true_ids.tolist() == [2, 1] and pred_ids.tolist() == [3, 4]
+    np.testing.assert_allclose(ious, [100 / 110, 0.9])
+    # below the threshold nothing matches
+    assert len(match_objects(true_mask, pred_mask, 0.95)[2]) == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_match_objects_brute_force_low_threshold(seed):
+    """Greedy matching equals a brute-force greedy pass over the IoU matrix."""
+    rng = np.random.default_rng(seed)
+    true_mask, pred_mask = random_mask(rng, n_objects=10), random_mask(rng, n_objects=10)
+    expected, t_ids, p_ids = brute_force_iou(true_mask, pred_mask)
+    pairs = []
+    iou = expected.copy()
+    while iou.size and iou.max() >= 0.1:
+        i, j = np.unravel_index(iou.argmax(), iou.shape)
+        pairs.append((t_ids[i], p_ids[j]))
+        iou[i, :] = -1
+        iou[:, j] = -1
+    true_ids, pred_ids, _ = match_objects(true_mask, pred_mask, 0.1)
+    assert sorted(zip(true_ids.tolist(), pred_ids.tolist())) == sorted(
+        (int(a), int(b)) for a, b in pairs
+    )
+
+
+def test_object_f1():
+    true_mask = np.zeros((10, 30), dtype=np.int32)
+    true_mask[:, :10], true_mask[:, 10:20], true_mask[:, 20:] = 1, 2, 3
+    pred_mask = np.zeros_like(true_mask)
+    pred_mask[:, :10] = 7  # exact
+    pred_mask[:, 10:16] = 8  # IoU 0.6 with 2 -> matched at 0.6
+    pred_mask[:3, 20:] = 9  # IoU 0.3 with 3 -> not matched
+    scores = object_f1(true_mask, pred_mask, 0.6)
+    assert (scores.n_true, scores.n_pred, scores.n_matched) == (3, 3, 2)
+    assert scores.precision == pytest.approx(2 / 3) and scores.recall == pytest.approx(2 / 3)
+    assert scores.f1 == pytest.approx(2 / 3)
+    assert scores.mean_iou == pytest.approx((1.0 + 0.6) / 2)
+    assert object_f1(np.zeros((3, 3), int), np.zeros((3, 3), int)).f1 == 1.0
+    only_true = object_f1(true_mask, np.zeros_like(true_mask))
+    assert only_true.f1 == 0.0 and only_true.recall == 0.0 and np.isnan(only_true.mean_iou)
+
+
+def test_match_cells_takes_best_iou_above_half():
+    truth = np.zeros((20, 20), dtype=np.int32)
+    truth[0:10, 0:10], truth[10:20, 10:20] = 1, 2
+    predicted = np.zeros((20, 20), dtype=np.int32)
+    predicted[0:10, 2:10] = 5  # inside true 1: IoU 80/100
+    predicted[10:20, 10:13] = 6  # inside true 2: IoU 30/100 -> no match
+    predicted[0:2, 12:20] = 7  # on background only
+    matches = match_cells(predicted, truth)
+    assert matches["mask_id"].tolist() == [5, 6, 7]
+    assert matches["true_id"].tolist() == [1, 0, 0]
+    assert matches["iou"].tolist() == pytest.approx([0.8, 0.3, 0.0])
+
+
+@pytest.mark.parametrize("min_iou", [0.0, 0.2, 0.5])
+def test_match_cells_matches_brute_force(min_iou):
+    """Every cell gets the true cell of highest IoU (lowest id on ties), from per-pair IoUs."""
+    rng = np.random.default_rng(0)
+    true_mask = random_mask(rng, n_objects=10, max_id=40)
+    # a "segmentation": the truth renumbered, shifted and partly painted over by other cells
+    new_ids = rng.permutation(np.arange(100, 141))
+    cell_mask = np.roll(np.where(true_mask > 0, new_ids[true_mask], 0), (1, 2), axis=(0, 1))
+    cell_mask = np.maximum(cell_mask, random_mask(rng, n_objects=4, max_id=30))
+    matches = match_cells(cell_mask, true_mask, min_iou)
+    assert matches["mask_id"].tolist() == np.unique(cell_mask[cell_mask > 0]).tolist()
+    for cell_id, true_id, iou in zip(matches["mask_id"], matches["true_id"], matches["iou"]):
+        best_id, best_iou = 0, 0.0
+        for candidate in np.unique(true_mask[true_mask > 0]):
+            a, b = cell_mask == cell_id, true_mask == candidate
+            pair_iou = (a & b).sum() / (a | b).sum()
+            if pair_iou > best_iou:
+                best_id, best_iou = int(candidate), pair_iou
+        assert iou == pytest.approx(best_iou)
+        assert true_id == (best_id if best_iou >= min_iou else 0)
+    assert 0 < (matches["true_id"] > 0).sum() < len(matches)  # some cells matched, some not
+
+
+def test_match_cells_without_true_cells_or_cells():
+    cell_mask = np.zeros((6, 6), np.int32)
+    cell_mask[1:3, 1:3] = 4
+    matches = match_cells(cell_mask, np.zeros_like(cell_mask), min_iou=0.0)
+    assert matches["true_id"].tolist() == [0] and matches["iou"].tolist() == [0.0]
+    assert len(match_cells(np.zeros_like(cell_mask), cell_mask)) == 0
+    with pytest.raises(ValueError, match="shape"):
+        match_cells(cell_mask, cell_mask[:5])

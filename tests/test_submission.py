@@ -6,16 +6,18 @@ import pandas as pd
 import pytest
 
 from hpa_embed.io import DataError, read_mask, write_mask
-from hpa_embed.submission import (
-    Submission,
-    build_submission,
+from hpa_embed.rle import (
     decode_binary_mask,
     decode_mask_runs,
     encode_binary_mask,
     encode_label_mask,
+    rle_to_counts,
+)
+from hpa_embed.submission import (
+    Submission,
+    build_submission,
     predictions_from_cells,
     read_submission,
-    rle_to_counts,
     write_submission,
 )
 

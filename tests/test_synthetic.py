@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
@@ -83,12 +82,10 @@ def test_shapes_dtypes_ranges_and_quantisation(fields):
         assert field.image_id == "syn_000000"
 
 
-def test_tiny_has_a_handful_of_cells_and_is_fast(fields):
+def test_tiny_has_a_handful_of_cells(fields):
+    # generation speed is measured by benchmarks/bench_synthetic.py, not asserted here
     counts = [field.n_cells for field in fields]
     assert 1 <= min(counts) and 5 <= np.median(counts) <= 12
-    start = time.perf_counter()
-    generate_field(TINY, 99)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_every_cell_has_one_nucleus_inside_it(fields):

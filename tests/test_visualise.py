@@ -1,10 +1,17 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from hpa_embed.analysis import label_statistics
+from hpa_embed.evaluate import classification_table
 from hpa_embed.io import LabelTable
 from hpa_embed.labels import HPA2021, RGB_CHANNELS
-from hpa_embed.visualise import composite_rgb, plot_label_statistics, save_channel_views
+from hpa_embed.visualise import (
+    composite_rgb,
+    plot_confusion_matrices,
+    plot_label_statistics,
+    save_channel_views,
+)
 
 
 def test_composite_maps_channels_to_colours():
@@ -40,3 +47,21 @@ def test_channel_views_and_label_plots_are_written(tmp_path):
     for path in plot_label_statistics(stats, tmp_path / "plots"):
         with Image.open(path) as picture:
             assert picture.size[0] > 100 and picture.size[1] > 100
+
+
+def test_plot_confusion_matrices(tmp_path):
+    rng = np.random.default_rng(1)
+    Y = rng.random((200, 19)) < 0.2
+    probabilities = np.clip(Y * 0.6 + rng.random((200, 19)) * 0.5, 0, 1)
+    path = plot_confusion_matrices(classification_table(Y, probabilities), tmp_path / "confusion.png")
+    assert path == tmp_path / "confusion.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 600 and image.height > 400
+        # 19 panels in a 5 x 4 grid: the last slot is blank, the others are not
+        pixels = np.asarray(image.convert("L"))
+    height, width = pixels.shape
+    assert pixels[-height // 5 :, -width // 6 :].min() > 240
+    assert pixels[: height // 4, : width // 5].min() < 100
+    incomplete = classification_table(Y, probabilities).drop(columns="tp")
+    with pytest.raises(ValueError, match="lacks column"):
+        plot_confusion_matrices(incomplete, tmp_path / "bad.png")

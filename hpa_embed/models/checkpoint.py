@@ -3,9 +3,9 @@
 A checkpoint is a directory::
 
     <checkpoint>/model.safetensors   the model's state dict
-    <checkpoint>/config.json         {"format", "format_version", "library_version",
-                                      "model": ModelConfig.to_dict(), "class_scheme": {...},
-                                      "extra": {...}}
+    <checkpoint>/config.json         {"format", "version", "library_version" (the header of
+                                      hpa_embed.io.write_header), "model": ModelConfig.to_dict(),
+                                      "class_scheme": {...}, "extra": {...}}
 
 It is written whole into a temporary directory and renamed into place, so a crash never leaves
 a half checkpoint and an existing one is replaced only once the new one is complete. Loading
@@ -13,8 +13,9 @@ reads no pickle: safetensors for tensors, JSON for everything else.
 
 A state file (:func:`save_state` / :func:`load_state`) stores any nest of dicts, lists,
 tuples, plain scalars and tensors (an optimizer or scheduler state dict, RNG states, a
-training history) as one ``.safetensors`` file: the tensors as entries, the structure as JSON
-in the file's metadata.
+training history) as one ``.safetensors`` file: the tensors as entries, and under the metadata
+key ``"header"`` a JSON header (:func:`hpa_embed.io.make_header`) whose ``"skeleton"`` is the
+structure with each tensor replaced by a reference to its entry.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..io import DataError, atomic_path
+from ..io import DataError, atomic_path, make_header, parse_header, read_header, write_header
 from ..labels import get_scheme
 
 __all__ = [
@@ -58,12 +59,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: The resume state a trainer keeps inside its checkpoint directory (see ``save_checkpoint(state=)``).
 STATE_FILE = "trainer_state.safetensors"
-
-
-def _library_version() -> str:
-    from .. import __version__
-
-    return __version__
+# The key of a state file's safetensors metadata that holds its header.
+_STATE_HEADER_KEY = "header"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -129,10 +126,7 @@ def save_checkpoint(
     extra = dict(extra or {})
     _check_json(extra, "extra")
     scheme = get_scheme(config.class_scheme)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "library_version": _library_version(),
+    body = {
         "model": config.to_dict(),
         "class_scheme": {"name": scheme.name, "names": list(scheme.names)},
         "extra": extra,
@@ -141,7 +135,7 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_header(tmp / CONFIG_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
         if state is not None:
             save_state(tmp / STATE_FILE, state)
 
@@ -152,37 +146,10 @@ def save_checkpoint(
     return directory
 
 
-def _missing_file_error(path: Path) -> DataError:
-    leftovers = sorted(path.parent.parent.glob(f".{path.parent.name}.old-*"))
-    hint = f"; an interrupted save left {leftovers[0]}, rename it back" if leftovers else ""
-    return DataError(path, f"not found (not a checkpoint directory?){hint}")
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise _missing_file_error(path)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(path, f"not valid JSON ({error})") from error
-    if not isinstance(meta, dict):
-        raise DataError(path, "expected a JSON object")
-    return meta
-
-
 def read_checkpoint_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """Read only ``config.json`` of a checkpoint -> ``(ModelConfig, extra)``; no weights are read."""
     path = Path(directory) / CONFIG_FILE
-    meta = _read_json(path)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(path, f"not a hpa_embed checkpoint (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION or version < 1:
-        raise DataError(
-            path,
-            f"checkpoint format version {version!r} is not supported by this library "
-            f"(reads versions 1..{CHECKPOINT_VERSION}; written by hpa_embed {meta.get('library_version')})",
-        )
+    meta = read_header(path, CHECKPOINT_FORMAT, range(1, CHECKPOINT_VERSION + 1), what="hpa_embed checkpoint")
     try:
         config = ModelConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as error:
@@ -198,7 +165,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     from safetensors import safe_open
 
     if not path.is_file():
-        raise _missing_file_error(path)
+        raise DataError(path, "not found")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -280,7 +247,7 @@ def describe_checkpoint(directory: str | os.PathLike) -> str:
     config, extra = read_checkpoint_config(directory)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise _missing_file_error(weights_path)
+        raise DataError(weights_path, "not found")
     try:
         with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
             shapes = [handle.get_slice(name).get_shape() for name in handle.keys()]
@@ -376,12 +343,8 @@ def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(dict(state), tensors, "")
-    metadata = {
-        "format": STATE_FORMAT,
-        "format_version": str(STATE_VERSION),
-        "library_version": _library_version(),
-        "skeleton": json.dumps(skeleton),
-    }
+    header = make_header(STATE_FORMAT, STATE_VERSION, {"skeleton": skeleton})
+    metadata = {_STATE_HEADER_KEY: json.dumps(header)}
     with atomic_path(path) as tmp:
         save_file(_tensors_for_saving(tensors), str(tmp), metadata=metadata)
     return path
@@ -395,14 +358,8 @@ def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """
     path = Path(path)
     tensors, metadata = _read_safetensors(path)
-    if metadata.get("format") != STATE_FORMAT:
-        raise DataError(path, f"not a hpa_embed state file (format {metadata.get('format')!r})")
-    version = metadata.get("format_version", "")
-    if not version.isdigit() or not 1 <= int(version) <= STATE_VERSION:
-        raise DataError(path, f"state format version {version!r} is not supported "
-                              f"(this library reads 1..{STATE_VERSION})")
-    try:
-        skeleton = json.loads(metadata["skeleton"])
-    except (KeyError, json.JSONDecodeError) as error:
-        raise DataError(path, f"state structure is missing or not valid JSON ({error})") from error
-    return _decode(skeleton, tensors, torch.device(map_location), path)
+    header = parse_header(path, metadata.get(_STATE_HEADER_KEY), STATE_FORMAT, range(1, STATE_VERSION + 1),
+                          what="hpa_embed state file")
+    if "skeleton" not in header:
+        raise DataError(path, "the header holds no state structure ('skeleton')")
+    return _decode(header["skeleton"], tensors, torch.device(map_location), path)

@@ -15,10 +15,14 @@ Two segmenters are provided:
 
 :func:`segment_directory` runs a segmenter over every field in a directory, in parallel and
 resumably, writing ``<ID>_cellmask.png`` and ``<ID>_nucleimask.png``.
+
+Metrics of a segmentation against true masks: :func:`mask_iou`, :func:`match_objects`,
+:func:`object_f1` (:class:`ObjectScores`) and :func:`match_cells`.
 """
 
 from __future__ import annotations
 
+from ..config import SegmentConfig
 from .base import (
     REFERENCE_PIXEL_SIZE,
     Segmenter,
@@ -30,6 +34,7 @@ from .base import (
 from .classical import ClassicalSegmenter, split_touching
 from .directory import SegmentationReport, mask_paths, segment_directory
 from .hpacellseg import HPACellSegmenter, hpacellseg_inputs, masks_from_hpacellseg
+from .metrics import MATCH_IOU, ObjectScores, mask_iou, match_cells, match_objects, object_f1
 
 __all__ = [
     "Segmenter",
@@ -46,4 +51,19 @@ __all__ = [
     "SegmentationReport",
     "segment_directory",
     "mask_paths",
+    "mask_iou",
+    "match_objects",
+    "ObjectScores",
+    "object_f1",
+    "MATCH_IOU",
+    "match_cells",
+    "create_segmenter",
 ]
+
+
+def create_segmenter(config: SegmentConfig) -> Segmenter:
+    """The segmenter a :class:`~hpa_embed.config.SegmentConfig` describes."""
+    if config.segmenter == "hpacellseg":
+        return HPACellSegmenter(config.nuclei_model, config.cell_model, device=config.device,
+                                pixel_size=config.pixel_size)
+    return ClassicalSegmenter(pixel_size=config.pixel_size)

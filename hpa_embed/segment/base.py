@@ -1,4 +1,10 @@
-"""The segmentation protocol, the mask conventions, pixel-size estimation and shared array helpers."""
+"""The segmentation protocol, the mask conventions, pixel-size estimation and shared array helpers.
+
+Besides the public names that :mod:`hpa_embed.segment` exports, this module holds the helpers
+the segmenters of the subpackage share (:data:`RED`, :data:`BLUE`, :data:`YELLOW`,
+:func:`check_image`, :func:`block_mean`, :func:`foreground_threshold`); they are internal to
+``hpa_embed.segment`` and not part of its ``__all__``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,17 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..labels import CHANNELS
+
 #: Pixel size (µm) of a 2048² Kaggle 2021 / HPA Cell Atlas field (63x objective, confocal).
 REFERENCE_PIXEL_SIZE: float = 0.08
 #: Side (px) of that field: a field of another side is assumed, before measuring, to span the
 #: same ~164 µm (the 2018 set's 512² fields are the 2048² ones downsampled by 4: 0.32 µm/px).
 REFERENCE_FIELD_SIDE: int = 2048
 
-_BLUE, _RED, _YELLOW = 2, 0, 3
+#: Plane indices, in a field ``[C, H, W]``, of the channels the segmenters read: microtubules
+#: (red), nuclei (blue) and ER (yellow, absent from a 3-channel field).
+RED, BLUE, YELLOW = (CHANNELS.index(name) for name in ("red", "blue", "yellow"))
 
 
 @runtime_checkable
@@ -90,17 +100,16 @@ def relabel_masks(cell_mask: np.ndarray, nucleus_mask: np.ndarray) -> tuple[np.n
     Nucleus pixels take the id of the cell they lie in (pixels outside every cell are dropped),
     cells without a nucleus are dropped, and the surviving ids are renumbered 1..n in order.
     """
+    from skimage.segmentation import relabel_sequential
+
     cell_mask = np.asarray(cell_mask)
     nucleus_mask = np.asarray(nucleus_mask)
     if cell_mask.shape != nucleus_mask.shape:
         raise ValueError(f"cell mask {cell_mask.shape} and nucleus mask {nucleus_mask.shape} differ")
     nucleus_cells = np.where(nucleus_mask > 0, cell_mask, 0)
-    keep = np.unique(nucleus_cells)
-    keep = keep[keep > 0]
-    # a lookup table renumbers in one pass over the image, whatever the ids were
-    table = np.zeros(int(cell_mask.max(initial=0)) + 1, dtype=np.int32)
-    table[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return table[cell_mask], table[nucleus_cells]
+    # the cells holding a nucleus, numbered 1..n in order; the map sends every other id to 0
+    nucleus_cells, forward, _ = relabel_sequential(nucleus_cells)
+    return forward[cell_mask].astype(np.int32, copy=False), nucleus_cells.astype(np.int32, copy=False)
 
 
 # --------------------------------------------------------------------------- scale
@@ -134,22 +143,27 @@ def estimate_pixel_size(
     nucleus_diameter : float
         Typical nucleus diameter in µm (12 µm: HPA cell lines at 0.08 µm/px measure 11-14 µm).
     """
-    _check_image(image)
+    from skimage.measure import regionprops_table
+
+    check_image(image)
     side = max(image.shape[1:])
     prior = prior_pixel_size(side)
     # coarse enough for speed (~256 px), fine enough to resolve small nuclei (>= 8 px across)
     factor = max(1, int(min(side / 256, nucleus_diameter / prior / 8)))
-    blue = _block_mean(image[_BLUE], factor)
+    blue = block_mean(image[BLUE], factor)
     smoothed = ndi.gaussian_filter(blue, 1.0)
-    threshold = _foreground_threshold(smoothed, blue)
+    threshold = foreground_threshold(smoothed, blue)
     foreground = ndi.binary_fill_holes(smoothed > threshold)
     labels, count = ndi.label(foreground)
     if count == 0:
         return prior
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    inner = np.setdiff1d(np.arange(1, count + 1), border)
-    areas = areas[inner - 1] if inner.size else areas
+    nuclei = regionprops_table(labels, properties=("area", "bbox"))
+    areas = np.asarray(nuclei["area"], dtype=np.float64)
+    height, width = labels.shape
+    inner = ((nuclei["bbox-0"] > 0) & (nuclei["bbox-1"] > 0)
+             & (nuclei["bbox-2"] < height) & (nuclei["bbox-3"] < width))
+    # nuclei cut by the border look smaller than they are: counted only when there is no other
+    areas = areas[inner] if inner.any() else areas
     # specks of a few coarse pixels are noise or debris, not nuclei
     areas = areas[areas >= 4]
     if areas.size == 0:
@@ -162,7 +176,19 @@ def estimate_pixel_size(
 # --------------------------------------------------------------------------- array helpers
 
 
-def _check_image(image: np.ndarray) -> None:
+def check_image(image: np.ndarray) -> None:
+    """Refuse anything but a field the segmenters can read.
+
+    Parameters
+    ----------
+    image : float ``[C, H, W]``
+        ``C`` = 3 (red, green, blue) or 4 (red, green, blue, yellow), ``H, W >= 8``.
+
+    Raises
+    ------
+    ValueError
+        Naming the shape expected and the one given.
+    """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[0] not in (3, 4):
         shape = getattr(image, "shape", None)
         raise ValueError(
@@ -173,46 +199,29 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"field of shape {image.shape} is too small to segment")
 
 
-def _block_mean(plane: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks, float32 ``[ceil(H/f), ceil(W/f)]`` (edge-padded)."""
+def block_mean(plane: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor x factor`` blocks: the reduced working resolution of a plane.
+
+    Parameters
+    ----------
+    plane : float ``[H, W]``
+    factor : int
+        Block side (px); 1 returns a float32 copy.
+
+    Returns
+    -------
+    float32 ``[ceil(H / factor), ceil(W / factor)]``
+        The last row and column of blocks are completed by repeating the edge pixels.
+    """
+    from skimage.measure import block_reduce
+
     plane = np.asarray(plane, dtype=np.float32)
     if factor == 1:
         return plane.copy()
     height, width = plane.shape
-    rows, cols = -(-height // factor), -(-width // factor)
-    pad_rows, pad_cols = rows * factor - height, cols * factor - width
-    if pad_rows or pad_cols:
-        plane = np.pad(plane, ((0, pad_rows), (0, pad_cols)), mode="edge")
-    return plane.reshape(rows, factor, cols, factor).mean(axis=(1, 3), dtype=np.float32)
-
-
-def _interpolation_weights(
-    size: int, low_size: int, factor: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of ``size`` pixels: the two nearest block centres and the weight of the upper."""
-    position = np.clip((np.arange(size) + 0.5) / factor - 0.5, 0, low_size - 1)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, low_size - 1)
-    return lower, upper, (position - lower).astype(np.float32)
-
-
-def _bilinear_at(
-    low: np.ndarray, ys: np.ndarray, xs: np.ndarray, factor: int, shape: tuple[int, int]
-) -> np.ndarray:
-    """Bilinear upsampling of a block-mean image, evaluated at full-resolution pixels only."""
-    r0, r1, wy = (a[ys] for a in _interpolation_weights(shape[0], low.shape[0], factor))
-    c0, c1, wx = (a[xs] for a in _interpolation_weights(shape[1], low.shape[1], factor))
-    top = low[r0, c0] + (low[r0, c1] - low[r0, c0]) * wx
-    bottom = low[r1, c0] + (low[r1, c1] - low[r1, c0]) * wx
-    return top + (bottom - top) * wy
-
-
-def _upsample_nearest(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    if factor == 1:
-        return labels[: shape[0], : shape[1]]
-    rows = np.arange(shape[0]) // factor
-    cols = np.arange(shape[1]) // factor
-    return labels[rows][:, cols]
+    # edge padding: block_reduce's own (a constant) would darken the blocks cut by the border
+    plane = np.pad(plane, ((0, -height % factor), (0, -width % factor)), mode="edge")
+    return block_reduce(plane, (factor, factor), np.mean, func_kwargs={"dtype": np.float32})
 
 
 def _noise_sigma(plane: np.ndarray, smoothed: np.ndarray | None = None) -> float:
@@ -228,13 +237,28 @@ def _noise_sigma(plane: np.ndarray, smoothed: np.ndarray | None = None) -> float
     return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
 
 
-def _foreground_threshold(
+def foreground_threshold(
     smoothed: np.ndarray, raw: np.ndarray, factor: float = 1.0, min_snr: float = 6.0
 ) -> float:
     """``factor`` x Otsu's threshold, but never within ``min_snr`` noise sigmas of background.
 
     The floor keeps a field without signal (noise or a constant) from being split in two by
     Otsu's method: its foreground comes out empty.
+
+    Parameters
+    ----------
+    smoothed : float ``[H, W]``
+        The smoothed plane that is thresholded.
+    raw : float ``[H, W]``
+        The same plane unsmoothed, whose pixel noise sets the floor.
+    factor : float
+        Multiplier of Otsu's threshold.
+    min_snr : float
+        Noise sigmas above the background (2nd percentile of ``smoothed``) of the floor.
+
+    Returns
+    -------
+    float
     """
     from skimage.filters import threshold_otsu
 
@@ -243,12 +267,3 @@ def _foreground_threshold(
     if float(smoothed.max()) <= floor:
         return floor
     return max(factor * float(threshold_otsu(smoothed)), floor)
-
-
-def _remove_small_labels(labels: np.ndarray, min_area: float) -> np.ndarray:
-    areas = np.bincount(labels.ravel())
-    small = areas < min_area
-    small[0] = False
-    if small.any():
-        labels = np.where(small[labels], 0, labels)
-    return labels

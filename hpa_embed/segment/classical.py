@@ -8,19 +8,58 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .base import (
-    _BLUE,
-    _RED,
-    _YELLOW,
-    _bilinear_at,
-    _block_mean,
-    _check_image,
-    _foreground_threshold,
-    _interpolation_weights,
-    _remove_small_labels,
-    _upsample_nearest,
+    BLUE,
+    RED,
+    YELLOW,
+    block_mean,
+    check_image,
     estimate_pixel_size,
+    foreground_threshold,
     relabel_masks,
 )
+
+# --------------------------------------------------------------------------- working resolution
+
+
+def _interpolation_weights(
+    size: int, low_size: int, factor: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``size`` pixels: the two nearest block centres and the weight of the upper."""
+    position = np.clip((np.arange(size) + 0.5) / factor - 0.5, 0, low_size - 1)
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, low_size - 1)
+    return lower, upper, (position - lower).astype(np.float32)
+
+
+def _bilinear_at(
+    low: np.ndarray, ys: np.ndarray, xs: np.ndarray, factor: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """Bilinear upsampling of a block-mean image, evaluated at full-resolution pixels only."""
+    r0, r1, wy = (a[ys] for a in _interpolation_weights(shape[0], low.shape[0], factor))
+    c0, c1, wx = (a[xs] for a in _interpolation_weights(shape[1], low.shape[1], factor))
+    top = low[r0, c0] + (low[r0, c1] - low[r0, c0]) * wx
+    bottom = low[r1, c0] + (low[r1, c1] - low[r1, c0]) * wx
+    return top + (bottom - top) * wy
+
+
+def _upsample_nearest(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Each working pixel repeated over its ``factor x factor`` block, cropped to ``shape``."""
+    if factor == 1:
+        return labels[: shape[0], : shape[1]]
+    rows = np.arange(shape[0]) // factor
+    cols = np.arange(shape[1]) // factor
+    return labels[rows][:, cols]
+
+
+def _remove_small_labels(labels: np.ndarray, min_area: float) -> np.ndarray:
+    """``labels`` with the objects under ``min_area`` pixels set to 0."""
+    # ours: remove_small_objects turned min_size into an inclusive max_size in skimage 0.26; we take 0.22
+    areas = np.bincount(labels.ravel())
+    small = areas < min_area
+    small[0] = False
+    if small.any():
+        labels = np.where(small[labels], 0, labels)
+    return labels
 
 
 def _refine_labels(
@@ -208,7 +247,7 @@ def split_touching(foreground: np.ndarray, saddle_ratio: float = 0.7, min_depth:
     -------
     int32 ``[H, W]``, objects 1..n, 0 = background.
     """
-    from skimage.segmentation import watershed
+    from skimage.segmentation import relabel_sequential, watershed
 
     foreground = np.asarray(foreground, dtype=bool)
     if not foreground.any():
@@ -229,7 +268,7 @@ def split_touching(foreground: np.ndarray, saddle_ratio: float = 0.7, min_depth:
         return pass_height < saddle_ratio * lower_peak and lower_peak - pass_height >= min_depth
 
     roots = _merge_by_saddles(pairs, saddle, peak, keep_apart)
-    _, relabel = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
+    relabel, _, _ = relabel_sequential(roots)  # root 0 (background) stays 0
     return relabel.astype(np.int32)[regions]
 
 
@@ -323,7 +362,7 @@ class ClassicalSegmenter:
 
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Segment one field; see :meth:`Segmenter.segment`."""
-        _check_image(image)
+        check_image(image)
         shape = image.shape[1:]
         pixel_size = self.resolve_pixel_size(image)
         factor = max(1, int(round(self.working_pixel_size / pixel_size)))
@@ -331,20 +370,20 @@ class ClassicalSegmenter:
         area_px = 1.0 / work_pixel**2  # working pixels per µm²
 
         # nuclei
-        blue = _block_mean(image[_BLUE], factor)
+        blue = block_mean(image[BLUE], factor)
         blue_smooth = ndi.gaussian_filter(blue, self.nucleus_smoothing / work_pixel)
-        blue_threshold = _foreground_threshold(blue_smooth, blue, self.nucleus_threshold)
+        blue_threshold = foreground_threshold(blue_smooth, blue, self.nucleus_threshold)
         nuclei = self._nuclei(blue_smooth > blue_threshold, work_pixel, area_px)
         if not nuclei.any():
             empty = np.zeros(shape, dtype=np.int32)
             return empty, empty.copy()
 
         # cells
-        reference = _block_mean(image[_RED], factor)
-        if image.shape[0] > _YELLOW:
-            reference += _block_mean(image[_YELLOW], factor)
+        reference = block_mean(image[RED], factor)
+        if image.shape[0] > YELLOW:
+            reference += block_mean(image[YELLOW], factor)
         ref_smooth = ndi.gaussian_filter(reference, self.cell_smoothing / work_pixel)
-        ref_threshold = _foreground_threshold(ref_smooth, reference, self.cell_threshold)
+        ref_threshold = foreground_threshold(ref_smooth, reference, self.cell_threshold)
         landscape = ndi.gaussian_filter(reference, self.watershed_smoothing / work_pixel)
         # cells, plus the regions of unseen cells (ids > n_nuclei), refined together so that
         # the border between a cell and a dropped neighbour is as smooth as between two cells

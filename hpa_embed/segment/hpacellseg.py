@@ -10,7 +10,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .base import _BLUE, _RED, _YELLOW, _check_image, estimate_pixel_size, relabel_masks
+from .base import BLUE, RED, YELLOW, check_image, estimate_pixel_size, relabel_masks
 
 # --------------------------------------------------------------------------- HPA Cell Segmentation
 
@@ -41,14 +41,14 @@ def hpacellseg_inputs(
     microtubules, er, nuclei : uint8 ``[H, W]`` (er None for the 2-channel model)
         8-bit, as the package reads its PNGs (its models were trained on 8-bit HPA images).
     """
-    _check_image(image)
-    if multi_channel_model and image.shape[0] <= _YELLOW:
+    check_image(image)
+    if multi_channel_model and image.shape[0] <= YELLOW:
         raise ValueError(
             "the 3-channel HPA cell model needs the yellow (ER) channel; this field has "
             f"{image.shape[0]} channels (use multi_channel_model=False with a 2-channel model)"
         )
-    er = _to_uint8(image[_YELLOW]) if multi_channel_model else None
-    return _to_uint8(image[_RED]), er, _to_uint8(image[_BLUE])
+    er = _to_uint8(image[YELLOW]) if multi_channel_model else None
+    return _to_uint8(image[RED]), er, _to_uint8(image[BLUE])
 
 
 def _check_prediction(prediction: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:

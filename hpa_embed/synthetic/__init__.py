@@ -10,11 +10,11 @@ biologists confuse look alike. See ``docs/synthetic.md``.
 
 Public API: :class:`SyntheticConfig`, :data:`PRESETS`, :func:`get_preset`,
 :class:`SyntheticField`, :func:`generate_field`, :func:`generate_dataset`, :func:`read_truth`,
-:func:`field_seed`, :func:`touching_fraction`, :data:`CELL_LINES`.
+:func:`truth_labels_by_image`, :func:`field_seed`, :func:`touching_fraction`, :data:`CELL_LINES`.
 """
 
 from .config import CELL_LINES, KAGGLE2021_FREQUENCIES, PRESETS, CellLine, SyntheticConfig, get_preset
-from .dataset import GENERATOR_VERSION, field_seed, generate_dataset, read_truth
+from .dataset import GENERATOR_VERSION, field_seed, generate_dataset, read_truth, truth_labels_by_image
 from .field import SyntheticField, generate_field
 from .geometry import touching_fraction
 
@@ -29,6 +29,7 @@ __all__ = [
     "generate_field",
     "generate_dataset",
     "read_truth",
+    "truth_labels_by_image",
     "field_seed",
     "GENERATOR_VERSION",
     "touching_fraction",

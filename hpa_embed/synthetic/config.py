@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
+from ..config.base import ConfigError, ConfigSection
 from ..labels import HPA2021
 
 __all__ = [
@@ -67,7 +67,7 @@ KAGGLE2021_FREQUENCIES: tuple[float, ...] = (
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(ConfigSection):
     """Everything that shapes a synthetic field of view. Frozen: derive variants with
     :func:`dataclasses.replace`.
 
@@ -142,7 +142,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
             if not condition:
-                raise ValueError(f"SyntheticConfig: {message}")
+                raise ConfigError(f"SyntheticConfig: {message}")
 
         check(self.size >= 64, f"size must be >= 64 pixels, got {self.size}")
         check(self.cell_radius >= 8, f"cell_radius must be >= 8 pixels, got {self.cell_radius}")
@@ -170,21 +170,6 @@ class SyntheticConfig:
                      "read_noise"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0")
 
-    def to_dict(self) -> dict:
-        """The config as a JSON-ready dict (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SyntheticConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"SyntheticConfig: unknown field(s) {unknown}")
-        return cls(**{key: tuple(value) if isinstance(value, list) else value
-                      for key, value in values.items()})
-
 
 PRESETS: dict[str, SyntheticConfig] = {
     # Unit tests: a handful of cells, generated in a few tens of milliseconds.
@@ -204,6 +189,6 @@ def get_preset(name: str) -> SyntheticConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown synthetic preset {name!r}; choose one of {sorted(PRESETS)}"
         ) from None

@@ -29,7 +29,14 @@ from .annotation import NEGATIVE
 from .config import SyntheticConfig, get_preset
 from .field import SyntheticField, generate_field
 
-__all__ = ["GENERATOR_VERSION", "TRUTH_COLUMNS", "field_seed", "generate_dataset", "read_truth"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "TRUTH_COLUMNS",
+    "field_seed",
+    "generate_dataset",
+    "read_truth",
+    "truth_labels_by_image",
+]
 
 log = logging.getLogger(__name__)
 
@@ -280,3 +287,29 @@ def read_truth(out_dir: str | os.PathLike) -> pd.DataFrame:
         raise DataError(path, f"mitotic must be True or False, got {frame['mitotic'].iloc[row]!r}", row + 2)
     frame["mitotic"] = mitotic.astype(bool)
     return frame
+
+
+def truth_labels_by_image(out_dir: str | os.PathLike) -> dict[str, dict[int, list[int]]]:
+    """The true labels of every cell of a synthetic set, grouped by image.
+
+    Parameters
+    ----------
+    out_dir : path
+        The set's root (``<out_dir>/truth/cells.csv``, read by :func:`read_truth`).
+
+    Returns
+    -------
+    dict of str to (dict of int to list of int)
+        Image id -> (cell id, as in the image's true cell mask -> its class ids). Images without
+        cells have no entry.
+
+    Raises
+    ------
+    DataError
+        As :func:`read_truth`.
+    """
+    table = read_truth(out_dir)
+    by_image: dict[str, dict[int, list[int]]] = {}
+    for image_id, cell_id, labels in zip(table["image_id"], table["cell_id"], table["labels"]):
+        by_image.setdefault(str(image_id), {})[int(cell_id)] = list(labels)
+    return by_image

@@ -1,0 +1,186 @@
+"""run_pipeline: the whole run from one config, each stage resumable and rerun only when touched."""
+
+import dataclasses
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+import hpa_embed.pipeline as pipeline
+from hpa_embed.config import (
+    ClassifyConfig,
+    ConfigError,
+    CropConfig,
+    DataConfig,
+    EvaluateConfig,
+    InputConfig,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    SplitConfig,
+    TrainConfig,
+)
+from hpa_embed.pipeline import STAGES, load_named_config, run_pipeline, stage_status
+from hpa_embed.store import CellStore
+
+TINY = RunConfig(
+    input=InputConfig(preset="tiny", n_images=10, seed=3),
+    crop=CropConfig(crop_size=32),
+    split=SplitConfig(fractions=(0.5, 0.2, 0.3)),
+    model=ModelConfig(arch="resnet18", crop_size=32, embedding_dim=16),
+    loss=LossConfig(classification="bce", miner="semihard"),
+    data=DataConfig(label_mode="image_labels", batch_size=8, m_per_class=2, batches_per_epoch=2),
+    train=TrainConfig(epochs=1),
+    classify=ClassifyConfig(methods=("head", "knn"), n_neighbors=3),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = run_pipeline(TINY, out, workers=1, progress=False)
+    return out, result
+
+
+def copy_of(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run[0], out)
+    return out
+
+
+def test_a_run_goes_from_fields_to_held_out_scores(tiny_run):
+    out, result = tiny_run
+    assert result.ran == list(STAGES) and result.skipped == []
+    assert stage_status(TINY, out) == dict.fromkeys(STAGES, "done")
+    cells = CellStore.open(out / "store").cells
+    test_cells = cells[cells["split"] == "test"]
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary == result.evaluation
+    assert summary["splits"] == ["test"] and summary["scores_training_cells"] is False
+    for method in ("head", "knn"):
+        scores = summary["methods"][method]
+        # only the held-out test images are scored, every one of their cells
+        assert scores["cells"] == len(test_cells) > 0
+        assert scores["images"] == test_cells["image_id"].nunique()
+        assert set(scores["scores"]) == {"cell_map", "image_map", "competition_map"}
+        assert all(0 <= value <= 1 for value in scores["scores"].values())
+        scored = pd.read_csv(out / "evaluation" / method / "cell_ap.csv")
+        assert scored["n_gt"].sum() == sum(len(labels) for labels in test_cells["true_labels"])
+    segmentation = result.summaries["segment"]["against_truth"]["cellmask"]
+    assert 0.8 <= segmentation["f1"] <= 1
+    assert (out / "config.toml").is_file() and (out / "masks" / "segmentation.csv").is_file()
+
+
+def test_a_second_run_skips_every_stage(tiny_run, tmp_path):
+    out = copy_of(tiny_run, tmp_path)
+    before = {path: path.stat().st_mtime_ns for path in (out / "train").rglob("*") if path.is_file()}
+    result = run_pipeline(TINY, out, workers=1, progress=False)
+    assert result.ran == [] and result.skipped == list(STAGES)
+    assert result.evaluation == tiny_run[1].evaluation
+    assert before == {path: path.stat().st_mtime_ns for path in (out / "train").rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "change, first_rerun",
+    [
+        ({"classify": ClassifyConfig(methods=("head", "knn"), n_neighbors=5)}, "classify"),
+        ({"evaluate": EvaluateConfig(split="heldout")}, "evaluate"),
+        ({"train": TrainConfig(epochs=1, lr=5e-4)}, "train"),
+    ],
+    ids=["classify", "evaluate", "train"],
+)
+def test_a_config_change_reruns_only_the_stages_it_touches(tiny_run, tmp_path, change, first_rerun):
+    out = copy_of(tiny_run, tmp_path)
+    result = run_pipeline(TINY.replace(**change), out, workers=1, progress=False)
+    expected = list(STAGES[STAGES.index(first_rerun):])
+    assert result.ran == expected
+    assert result.skipped == [stage for stage in STAGES if stage not in expected]
+
+
+def test_an_interrupted_run_resumes_at_the_stage_it_stopped(tiny_run, tmp_path, monkeypatch):
+    out = copy_of(tiny_run, tmp_path)
+    embed_stage = pipeline._RUNNERS["embed"]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pipeline._RUNNERS, "embed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(TINY, out, from_stage="embed", workers=1, progress=False)
+    status = stage_status(TINY, out)
+    assert [status[s] for s in STAGES] == ["done"] * 4 + ["partial"] + ["missing"] * 3
+    monkeypatch.setitem(pipeline._RUNNERS, "embed", embed_stage)
+    result = run_pipeline(TINY, out, workers=1, progress=False)
+    assert result.ran == ["embed", "index", "classify", "evaluate"]
+    assert result.evaluation == tiny_run[1].evaluation
+
+
+def test_training_interrupted_mid_run_continues_from_its_last_checkpoint(tiny_run, tmp_path, monkeypatch):
+    import hpa_embed.train as train_module
+
+    out = copy_of(tiny_run, tmp_path)
+    config = TINY.replace(train=TrainConfig(epochs=2))
+    real_epoch, calls = train_module._train_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, out, workers=1, progress=False)
+    assert stage_status(config, out)["train"] == "partial"
+    assert len(pd.read_csv(out / "train" / "history.csv")) == 1
+    resumed = []
+
+    def count(*args, **kwargs):
+        resumed.append(1)
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", count)
+    result = run_pipeline(config, out, workers=1, progress=False)
+    assert result.ran == list(STAGES[STAGES.index("train"):])
+    assert list(pd.read_csv(out / "train" / "history.csv")["epoch"]) == [1, 2]
+    assert len(resumed) == 1  # only the second epoch was trained again
+
+
+def test_from_and_until_run_a_part(tiny_run, tmp_path):
+    out = tmp_path / "part"
+    result = run_pipeline(TINY, out, until_stage="segment", workers=1, progress=False)
+    assert result.ran == ["input", "segment"]
+    assert not (out / "store").exists()
+    with pytest.raises(ConfigError, match="stage 'crop' is missing"):
+        run_pipeline(TINY, out, from_stage="train", workers=1, progress=False)
+    copied = copy_of(tiny_run, tmp_path)
+    result = run_pipeline(TINY, copied, from_stage="classify", workers=1, progress=False)
+    assert result.ran == ["classify", "evaluate"]
+
+
+def test_scoring_training_cells_is_said(tiny_run, tmp_path):
+    out = copy_of(tiny_run, tmp_path)
+    result = run_pipeline(TINY.replace(evaluate=EvaluateConfig(split="all", submission=False)), out,
+                          workers=1, progress=False)
+    assert result.ran == ["evaluate"]
+    assert result.evaluation["scores_training_cells"] is True
+    assert "trained on" in result.evaluation["note"]
+    n_cells = len(CellStore.open(out / "store").cells)
+    assert result.evaluation["methods"]["head"]["cells"] == n_cells
+    assert "competition_map" not in result.evaluation["methods"]["head"]["scores"]
+
+
+def test_an_unknown_preset_fails_before_any_work(tmp_path):
+    config = TINY.replace(input=InputConfig(preset="huge"))
+    with pytest.raises(ConfigError, match="unknown synthetic preset 'huge'"):
+        run_pipeline(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_configs_read():
+    demo = load_named_config("demo")
+    assert demo.input.source == "synthetic" and demo.evaluate.split == "test"
+    with pytest.raises(ConfigError, match="no shipped config"):
+        load_named_config("nope")
+    assert dataclasses.replace(demo.train, epochs=1).epochs == 1
