@@ -56,6 +56,32 @@ RECIPES = {
 }
 
 
+def intensity_features(
+    store: CellStore, split: str, labelled_only: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel statistics of the crops of one split (cell pixels only): mean, std, the 10th,
+    50th, 90th and 99th percentiles, and the cell's pixel count -> ``(X [n, 25], Y [n, K])``.
+
+    ``labelled_only``: only cells with true labels (``Y`` their labels); else every cell of the
+    split in table order (``Y`` of the unlabelled ones all False).
+    """
+    positions, Y = cell_targets(store.cells, "true_labels", splits=split)
+    if not labelled_only:
+        everything = np.flatnonzero((store.cells["split"] == split).to_numpy())
+        full = np.zeros((len(everything), Y.shape[1]), dtype=bool)
+        full[np.searchsorted(everything, positions)] = Y
+        positions, Y = everything, full
+    crops = store.get_crops(store.cells["row"].to_numpy()[positions]).astype(np.float32) / 255
+    inside = crops.max(axis=1, keepdims=True) > 0
+    count = inside.sum(axis=(2, 3)).clip(min=1)
+    mean = (crops * inside).sum(axis=(2, 3)) / count
+    square = (crops**2 * inside).sum(axis=(2, 3)) / count
+    flat = np.where(inside, crops, np.nan).reshape(len(crops), crops.shape[1], -1)
+    quantiles = np.nanpercentile(flat, (10, 50, 90, 99), axis=2).transpose(1, 2, 0).reshape(len(crops), -1)
+    std = np.sqrt(np.maximum(square - mean**2, 0))
+    return np.hstack([mean, std, quantiles, count]), Y
+
+
 def intensity_baseline(store: CellStore) -> float:
     """Logistic regression on per-channel statistics of the crops (cell pixels only)."""
     from sklearn.linear_model import LogisticRegression
@@ -63,23 +89,8 @@ def intensity_baseline(store: CellStore) -> float:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    def features(split: str):
-        positions, Y = cell_targets(store.cells, "true_labels", splits=split)
-        rows = store.cells["row"].to_numpy()[positions]
-        crops = store.get_crops(rows).astype(np.float32) / 255
-        inside = crops.max(axis=1, keepdims=True) > 0
-        count = inside.sum(axis=(2, 3)).clip(min=1)
-        mean = (crops * inside).sum(axis=(2, 3)) / count
-        square = (crops**2 * inside).sum(axis=(2, 3)) / count
-        flat = np.where(inside, crops, np.nan).reshape(len(crops), crops.shape[1], -1)
-        quantiles = (
-            np.nanpercentile(flat, (10, 50, 90, 99), axis=2).transpose(1, 2, 0).reshape(len(crops), -1)
-        )
-        std = np.sqrt(np.maximum(square - mean**2, 0))
-        return np.hstack([mean, std, quantiles, count]), Y
-
-    X_train, Y_train = features("train")
-    X_test, Y_test = features("test")
+    X_train, Y_train = intensity_features(store, "train")
+    X_test, Y_test = intensity_features(store, "test")
     trained = Y_train.any(axis=0)
     model = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=2000)))
     model.fit(X_train, Y_train[:, trained])

@@ -2,8 +2,10 @@
 
 `hpa_embed.train.fit` does all of this (and checkpoints, resumes, validates, runs under DDP);
 write your own loop when you want to change one step of it. The pieces: the cells and their
-targets (`cell_targets`), a batched dataset over the CellStore, the same batch sampler `fit` uses,
-the model, its preprocessing, the loss, and a checkpoint that `hpa-embed embed` reads.
+targets (`cell_targets`), a batched dataset over the CellStore that knows each cell's image, the
+same batch sampler `fit` uses, the model, its preprocessing, the loss, and a checkpoint that
+`hpa-embed embed` reads. The recipe here is the multiple-instance one: batches of whole images,
+and a loss that adds to the per-cell BCE an image-level BCE on each image's pooled cell logits.
 
     python examples/custom_training_loop.py --out runs/custom            # tiny generated data
     python examples/custom_training_loop.py --store my-store --out runs/custom --epochs 10
@@ -35,13 +37,15 @@ def tiny_store(directory: Path) -> Path:
 def train(store_path: Path, out: Path, epochs: int) -> None:
     store = CellStore.open(store_path)
     model_config = ModelConfig(arch="resnet18", in_chans=4, crop_size=store.crop_size, embedding_dim=32)
-    loss_config = LossConfig(classification="bce", metric="triplet", miner="semihard")
-    data_config = DataConfig(label_mode="image_labels", batch_size=16, m_per_class=2)
+    loss_config = LossConfig(classification="bce", metric="triplet", miner="semihard", mil_weight=1.0)
+    data_config = DataConfig(label_mode="image_labels", sampler="images", batch_size=16)
 
-    # the training cells, their multi-hot image labels, and a class per cell for balanced batches
+    # the training cells, their multi-hot image labels, and each cell's image (its bag)
     positions, Y = cell_targets(store.cells, data_config.label_mode, store.scheme, splits="train")
-    dataset = CellDataset(store, store.cells["row"].to_numpy()[positions], Y, channels=model_config.channels)
-    sampler = make_batch_sampler(data_config, primary_labels(Y, Y.sum(axis=0)), seed=0)
+    rows, images = store.cells["row"].to_numpy()[positions], store.cells["image_id"].to_numpy()[positions]
+    dataset = CellDataset(store, rows, Y, channels=model_config.channels, groups=images)
+    # batches of whole images (the class per cell is for sampler="balanced")
+    sampler = make_batch_sampler(data_config, primary_labels(Y, Y.sum(axis=0)), dataset.groups, seed=0)
     loader = make_loader(dataset, sampler)
 
     model = create_model(model_config)
@@ -53,15 +57,16 @@ def train(store_path: Path, out: Path, epochs: int) -> None:
         model.train()
         sampler.set_epoch(epoch)
         total = 0.0
-        for crops, targets in loader:
+        for crops, targets, groups in loader:
             x = augment_batch(preprocess(crops, model_config), generator)  # uint8 crops -> normalised float
-            loss, parts = criterion(model(x), targets)  # parts: "cls", "metric", "total", "triplets"
+            loss, parts = criterion(model(x), targets, groups)  # parts: cls, metric, mil, total, triplets
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item()
         print(f"epoch {epoch + 1}: mean loss {total / len(loader):.4f} "
-              f"(last batch: classification {parts['cls']:.4f}, triplet {parts['metric']:.4f})")
+              f"(last batch: classification {parts['cls']:.4f}, triplet {parts['metric']:.4f}, "
+              f"MIL {parts['mil']:.4f})")
 
     checkpoint = save_checkpoint(out / "checkpoint", model.eval(), model_config,
                                  extra={"loss": loss_config.to_dict(), "epoch": epochs})

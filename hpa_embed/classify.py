@@ -18,12 +18,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from .config import IndexConfig
 from .index import CellIndex
+from .labels import NEGATIVE
 
 __all__ = [
     "KNNClassifier",
     "head_probabilities",
     "aggregate_images",
     "fuse_scores",
+    "score_negative",
     "predict_cells",
     "write_predictions",
     "read_predictions",
@@ -318,6 +320,20 @@ def fuse_scores(
 # --------------------------------------------------------------------------- predictions on disk
 
 
+def score_negative(probabilities: np.ndarray, negative: int = NEGATIVE) -> np.ndarray:
+    """The complement rule for the Negative class, float32 ``[N, K]`` (a copy).
+
+    A cell's Negative score becomes ``max(p_negative, 1 - max_{k != negative} p_k)``: a cell in
+    which the model sees none of the other classes is Negative, whatever its image's labels.
+    Weak image labels name Negative only for images where no cell shows anything, so without
+    this rule a model trained on them never scores a silent cell of a positive image Negative.
+    """
+    probabilities = np.array(probabilities, dtype=np.float32)
+    others = np.delete(probabilities, negative, axis=1)
+    probabilities[:, negative] = np.maximum(probabilities[:, negative], 1 - others.max(axis=1))
+    return probabilities
+
+
 def predict_cells(
     embeddings,
     method: str = "head",
@@ -326,35 +342,50 @@ def predict_cells(
     label_mode: str = "image_labels",
     n_neighbors: int = 10,
     index_config: IndexConfig | None = None,
+    negative: str = "complement",
+    fusion_weight: float = 0.0,
 ) -> np.ndarray:
-    """Per-cell class probabilities ``[N, K]`` for the cells of an embeddings directory.
+    """Per-cell class probabilities float32 ``[N, K]`` for the cells of an embeddings directory.
 
     Parameters
     ----------
     embeddings : Embeddings or path
-        From :func:`hpa_embed.embed.embed`.
+        From :func:`hpa_embed.embed.embed_store`.
     method : {"head", "knn"}
         ``"head"``: the trained linear classifier (:func:`head_probabilities`; ``checkpoint``
         defaults to the one the embeddings came from). ``"knn"``: :class:`KNNClassifier` with
         the labelled cells of ``reference`` (another embeddings directory, e.g. the training
         split) as neighbours, labels from its ``label_mode`` column.
+    negative : {"complement", "model"}
+        How Negative is scored: :func:`score_negative`, or the model's own output alone.
+    fusion_weight : float in [0, 1]
+        Blend each cell's scores with its image's, the maximum over the image's cells
+        (:func:`fuse_scores`, ``"mean"``); 0 leaves the cells alone.
     """
     from .data import cell_targets
     from .embed import Embeddings, read_embeddings
 
+    if negative not in ("complement", "model"):
+        raise ValueError(f"negative={negative!r}: choose 'complement' or 'model'")
     embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)
     if method == "head":
-        return head_probabilities(checkpoint or embedded.meta["checkpoint"], embedded.X)
-    if method != "knn":
+        probabilities = head_probabilities(checkpoint or embedded.meta["checkpoint"], embedded.X)
+    elif method == "knn":
+        if reference is None:
+            raise ValueError("method='knn' needs reference embeddings (labelled cells to vote)")
+        ref = reference if isinstance(reference, Embeddings) else read_embeddings(reference)
+        positions, Y = cell_targets(ref.cells, label_mode)
+        if len(positions) == 0:
+            raise ValueError(f"the reference cells carry no {label_mode}")
+        knn = KNNClassifier(n_neighbors=min(n_neighbors, len(positions)), index_config=index_config)
+        probabilities = knn.fit(np.asarray(ref.X)[positions], Y).predict_proba(embedded.X).astype(np.float32)
+    else:
         raise ValueError(f"method={method!r}: choose 'head' or 'knn'")
-    if reference is None:
-        raise ValueError("method='knn' needs reference embeddings (labelled cells to vote)")
-    ref = reference if isinstance(reference, Embeddings) else read_embeddings(reference)
-    positions, Y = cell_targets(ref.cells, label_mode)
-    if len(positions) == 0:
-        raise ValueError(f"the reference cells carry no {label_mode}")
-    knn = KNNClassifier(n_neighbors=min(n_neighbors, len(positions)), index_config=index_config)
-    return knn.fit(np.asarray(ref.X)[positions], Y).predict_proba(embedded.X).astype(np.float32)
+    if fusion_weight:
+        _, image_index = np.unique(embedded.cells["image_id"].to_numpy(dtype=object), return_inverse=True)
+        _, image_probabilities = aggregate_images(probabilities, embedded.cells["image_id"])
+        probabilities = fuse_scores(probabilities, image_probabilities, image_index, fusion_weight)
+    return score_negative(probabilities) if negative == "complement" else probabilities
 
 
 def write_predictions(out, embeddings, probabilities: np.ndarray, method: str) -> Path:

@@ -51,9 +51,14 @@ def _print_run(result) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from .config import read_config_file
     from .pipeline import run_pipeline
+    from .recipes import recipe_config
 
-    result = run_pipeline(args.config, args.out, from_stage=args.from_stage, until_stage=args.until_stage,
+    config = read_config_file(args.config)
+    if args.recipe:
+        config = recipe_config(args.recipe, config)
+    result = run_pipeline(config, args.out, from_stage=args.from_stage, until_stage=args.until_stage,
                           workers=args.workers, progress=not args.no_progress)
     _print_run(result)
     return 0
@@ -240,7 +245,8 @@ def _run_classify(args: argparse.Namespace) -> int:
 
     embedded = read_embeddings(args.embeddings)
     probabilities = predict_cells(embedded, args.method, checkpoint=args.checkpoint, reference=args.reference,
-                                  label_mode=args.label_mode, n_neighbors=args.k)
+                                  label_mode=args.label_mode, n_neighbors=args.k, negative=args.negative,
+                                  fusion_weight=args.fusion_weight)
     write_predictions(args.out, embedded, probabilities, args.method)
     print(f"wrote {args.method} probabilities of {len(probabilities)} cells to {args.out}")
     return 0
@@ -318,6 +324,7 @@ def _shared_parsers() -> dict[str, argparse.ArgumentParser]:
 def get_parser() -> argparse.ArgumentParser:
     """The ``hpa-embed`` argument parser (one subparser per stage)."""
     from .pipeline import STAGES
+    from .recipes import RECIPES
 
     shared = _shared_parsers()
     parser = argparse.ArgumentParser(prog="hpa-embed",
@@ -341,6 +348,8 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--from", dest="from_stage", choices=STAGES, help="rerun from this stage on")
     run.add_argument("--until", dest="until_stage", choices=STAGES, help="stop after this stage")
+    run.add_argument("--recipe", choices=RECIPES,
+                     help="a weak-label recipe on top of the config (its [data], [loss], [classify])")
 
     demo = add("demo", _run_demo, "run the whole pipeline on built-in synthetic data",
                ("workers", "progress"),
@@ -471,6 +480,10 @@ def get_parser() -> argparse.ArgumentParser:
     classify.add_argument("--label-mode", choices=("image_labels", "true_labels"), default="image_labels",
                           help="knn: the reference cells' labels")
     classify.add_argument("-k", type=int, default=10, help="knn: neighbours")
+    classify.add_argument("--negative", choices=("complement", "model"), default="complement",
+                          help="Negative score: max(model, 1 - highest other class), or the model's")
+    classify.add_argument("--fusion-weight", type=float, default=0.0,
+                          help="blend each cell's scores with its image's maximum (0..1)")
 
     evaluate = add("evaluate", _run_evaluate, "score predictions: cell-level AP or the competition metric",
                    ("progress",),

@@ -1,13 +1,15 @@
 """Training data over a CellStore: label targets, a batched Dataset, augmentation, batch samplers.
 
 :func:`cell_targets` gives the cells of a table that carry labels of a label mode and their
-targets (the one place that decides what a cell's label is);
+targets (the one place that decides what a cell's label is); a :class:`CellDataset` also knows
+each cell's image (its *group*, the bag of multiple-instance learning).
 
 Batches are read from the store in one fancy-indexed call (``CellDataset.__getitems__``), so
 data loading costs one memory-mapped gather per batch, not one Python call per cell. Batch
 samplers draw *global* batches and hand each distributed rank its own contiguous slice, so
 ``world_size`` processes with ``batch_size / world_size`` cells each see exactly the cells one
-process with ``batch_size`` would.
+process with ``batch_size`` would. :class:`ImageBatchSampler` is the exception: it keeps images
+whole, so each rank gets whole images of its own.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ __all__ = [
     "augment_batch",
     "ShuffledBatchSampler",
     "BalancedBatchSampler",
+    "ImageBatchSampler",
     "make_loader",
     "make_batch_sampler",
 ]
 
 #: How a cell gets its label (:func:`cell_targets`).
-LABEL_MODES: tuple[str, ...] = ("single_label", "image_labels", "true_labels")
+LABEL_MODES: tuple[str, ...] = ("single_label", "image_labels", "true_labels", "pseudo_labels")
 
 
 def cell_targets(
@@ -57,11 +60,12 @@ def cell_targets(
     cells : DataFrame
         A CellStore, embeddings or predictions table (``image_labels``, ``true_labels``,
         ``split``).
-    label_mode : {"single_label", "image_labels", "true_labels"}
+    label_mode : {"single_label", "image_labels", "true_labels", "pseudo_labels"}
         ``"single_label"``: cells of single-label images, each given its image's label (int
         ``y``, the seed's recipe); ``"image_labels"``: cells of labelled images, each given all
         its image's labels (weak, multi-hot); ``"true_labels"``: cells with synthetic truth,
-        given their own labels (the oracle).
+        given their own labels (the oracle); ``"pseudo_labels"``: cells with a
+        ``pseudo_labels`` column entry (:func:`hpa_embed.recipes.pseudo_labels`).
     scheme : str or ClassScheme
     splits : str or sequence of str, optional
         Keep only cells of these splits (``"train"``, ``"val"``, ``"test"``).
@@ -75,10 +79,12 @@ def cell_targets(
     scheme = get_scheme(scheme)
     if label_mode not in LABEL_MODES:
         raise ConfigError(f"label_mode={label_mode!r}: choose one of {LABEL_MODES}")
-    column = "true_labels" if label_mode == "true_labels" else "image_labels"
-    if column not in cells or (column == "true_labels" and cells[column].isna().all()):
-        raise ConfigError(f"label_mode={label_mode!r}: the cells carry no {column!r} (per-cell truth "
-                          "comes only from a synthetic data set, given as truth when cropping)")
+    column = "image_labels" if label_mode == "single_label" else label_mode
+    if column not in cells or (column != "image_labels" and cells[column].isna().all()):
+        where = {"true_labels": "per-cell truth comes only from a synthetic data set, given as truth when "
+                                "cropping", "pseudo_labels": "a first training round makes them"}
+        raise ConfigError(f"label_mode={label_mode!r}: the cells carry no {column!r} "
+                          f"({where.get(column, 'see hpa_embed.crops.build_store')})")
     values = cells[column].to_numpy()
     counts = np.array([0 if value is None else len(value) for value in values])
     keep = counts == 1 if label_mode == "single_label" else counts >= 1
@@ -123,17 +129,29 @@ class CellDataset(Dataset):
     channels : sequence of str, optional
         The channels to return, in order (e.g. ``RGB_CHANNELS`` for a 3-channel model);
         default all of the store's channels.
+    groups : array ``[N]``, optional
+        Each cell's image (any hashable values, e.g. the store's ``image_id`` column): the bag
+        it belongs to in multiple-instance learning. Default: every cell its own group.
 
-    Items are ``(crop uint8 [C, S, S], target)``; :meth:`__getitems__` returns a whole batch
-    ``(uint8 [B, C, S, S], int64 [B] | float32 [B, K])`` as tensors.
+    Attributes
+    ----------
+    groups : int64 tensor ``[N]``
+        The groups as integer codes 0 .. G-1 (in order of first appearance).
+
+    Items are ``(crop uint8 [C, S, S], target, group)``; :meth:`__getitems__` returns a whole
+    batch ``(uint8 [B, C, S, S], int64 [B] | float32 [B, K], int64 [B])`` as tensors.
     """
 
-    def __init__(self, store: CellStore, rows, targets, channels: Sequence[str] | None = None):
+    def __init__(self, store: CellStore, rows, targets, channels: Sequence[str] | None = None, groups=None):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         targets = np.asarray(targets)
         if len(targets) != len(self.rows):
             raise ValueError(f"{len(self.rows)} rows but {len(targets)} targets")
+        if groups is not None and len(groups) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows but {len(groups)} groups")
+        codes = np.arange(len(self.rows)) if groups is None else pd.factorize(np.asarray(groups))[0]
+        self.groups = torch.from_numpy(codes.astype(np.int64))
         self.multi_label = targets.ndim == 2
         self.targets = torch.from_numpy(
             targets.astype(np.float32) if self.multi_label else targets.astype(np.int64)
@@ -144,16 +162,15 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = np.asarray(indices, dtype=np.int64)
         crops = self.store.get_crops(self.rows[indices])
         if self.channel_index is not None:
             crops = crops[:, self.channel_index]
-        return torch.from_numpy(np.ascontiguousarray(crops)), self.targets[indices]
+        return torch.from_numpy(np.ascontiguousarray(crops)), self.targets[indices], self.groups[indices]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        crops, targets = self.__getitems__([index])
-        return crops[0], targets[0]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(part[0] for part in self.__getitems__([index]))
 
 
 def _collate_batch(batch):
@@ -316,6 +333,105 @@ class BalancedBatchSampler(_GlobalBatchSampler):
         return np.split(order, len(order) // self.batch_size)
 
 
+def _pack_sizes(sizes: np.ndarray, capacity: int) -> list[list[int]]:
+    """Best-fit decreasing bin packing: bins (lists of item sizes, each sum <= capacity)."""
+    bins: list[list[int]] = []
+    by_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # bins by the room they have left
+    for size in sorted((int(size) for size in sizes), reverse=True):
+        room = next((room for room in range(size, capacity + 1) if by_room[room]), None)
+        if room is None:
+            chosen, room = len(bins), capacity
+            bins.append([])
+        else:
+            chosen = by_room[room].pop()
+        bins[chosen].append(size)
+        by_room[room - size].append(chosen)
+    return bins
+
+
+class ImageBatchSampler(_GlobalBatchSampler):
+    """Batches of whole images: all the cells of an image share a batch (the bags of MIL).
+
+    Which sizes of image share a batch is planned once from the images' cell counts
+    (best-fit decreasing, so batches come out nearly full and every epoch has as many); each
+    epoch deals the images, in a seeded random order, to the planned places of their size and
+    shuffles the batches. An image with more cells than a batch holds gives a random batch of
+    them, drawn anew each epoch. A planned batch of a single cell is left out (BatchNorm cannot
+    train on one cell), so with ``num_batches=None`` every image appears once per epoch, bar a
+    one-cell image that the plan leaves alone in a batch.
+
+    Under DDP every rank gets whole images: the plan packs batches of ``batch_size /
+    world_size`` cells, a global batch is ``world_size`` consecutive batches of the epoch, one
+    per rank, and the last ``< world_size`` batches of a pass are left out so every rank takes
+    the same number of steps (other images each epoch).
+
+    Parameters
+    ----------
+    groups : int array ``[N]``
+        Each cell's image as an integer code (:attr:`CellDataset.groups`).
+    batch_size : int
+        Most cells in a global batch (batches vary in size below it).
+    num_batches : int, optional
+        Global batches per epoch; default one pass over the images. When more are asked for
+        than a pass holds, the epoch goes on with another pass, freshly dealt.
+    seed, rank, world_size
+        As for the other samplers.
+    """
+
+    def __init__(
+        self,
+        groups,
+        batch_size: int,
+        num_batches: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(batch_size, seed, rank, world_size)
+        groups = np.asarray(groups)
+        order = np.argsort(groups, kind="stable")
+        _, starts = np.unique(groups[order], return_index=True)
+        self.images = np.split(order, starts[1:]) if len(order) else []  # each image's cells
+        capacity = batch_size // world_size
+        self.sizes = np.minimum([len(cells) for cells in self.images], capacity).astype(np.int64)
+        plan = _pack_sizes(self.sizes, capacity)
+        self.plan = [sizes for sizes in plan if sum(sizes) > 1] if capacity > 1 else plan
+        self._by_size = {size: np.flatnonzero(self.sizes == size) for size in np.unique(self.sizes)}
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        passes = len(self.plan) // self.world_size
+        return (self.num_batches or passes) if passes else 0
+
+    def _deal(self, rng: np.random.RandomState) -> list[np.ndarray]:
+        """One pass: the planned batches filled with randomly drawn images of their sizes."""
+        queues = {size: list(rng.permutation(images)) for size, images in self._by_size.items()}
+        batches = []
+        for sizes in self.plan:
+            cells = []
+            for size in sizes:
+                members = self.images[queues[size].pop()]
+                cells.append(members if len(members) == size else rng.choice(members, size, replace=False))
+            batches.append(np.concatenate(cells))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _rank_batches(self) -> list[list[np.ndarray]]:
+        """The epoch's global batches, each as ``world_size`` per-rank batches of whole images."""
+        rng, ranks, wanted = self._rng(), self.world_size, len(self)
+        batches: list[np.ndarray] = []
+        while len(batches) < wanted * ranks:
+            dealt = self._deal(rng)
+            batches.extend(dealt[: len(dealt) // ranks * ranks])
+        return [batches[i * ranks : (i + 1) * ranks] for i in range(wanted)]
+
+    def _global_batches(self) -> list[np.ndarray]:
+        return [np.concatenate(parts) for parts in self._rank_batches()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for parts in self._rank_batches():
+            yield parts[self.rank].tolist()
+
+
 def make_loader(dataset: CellDataset, batch_sampler: Sampler, num_workers: int = 0) -> DataLoader:
     """A DataLoader that reads whole batches through ``dataset.__getitems__``."""
     return DataLoader(
@@ -328,7 +444,12 @@ def make_loader(dataset: CellDataset, batch_sampler: Sampler, num_workers: int =
 
 
 def make_batch_sampler(
-    data: DataConfig, y_primary: np.ndarray, seed: int = 0, rank: int = 0, world_size: int = 1
+    data: DataConfig,
+    y_primary: np.ndarray,
+    groups=None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Sampler:
     """The training batch sampler a :class:`~hpa_embed.config.DataConfig` asks for.
 
@@ -343,12 +464,21 @@ def make_batch_sampler(
     y_primary : int ``[N]``
         One class per training cell (for multi-hot cells their rarest label,
         :func:`hpa_embed.losses.primary_labels`).
+    groups : int ``[N]``, optional
+        Each training cell's image (:attr:`CellDataset.groups`); needed by ``sampler="images"``.
     seed, rank, world_size
         Seed of the batches, and this process's place under DDP.
     """
     n_cells, batch = len(y_primary), data.batch_size
     if data.sampler == "shuffle":
         return ShuffledBatchSampler(n_cells, batch, seed=seed, rank=rank, world_size=world_size)
+    if data.sampler == "images":
+        if groups is None:
+            raise ValueError("sampler='images' needs each cell's image: pass groups (CellDataset.groups)")
+        if len(groups) != n_cells:
+            raise ValueError(f"{n_cells} cells but {len(groups)} groups")
+        return ImageBatchSampler(groups, batch, data.batches_per_epoch, seed=seed, rank=rank,
+                                 world_size=world_size)
     classes = len(np.unique(y_primary))
     m = data.m_per_class
     if classes * m < batch:

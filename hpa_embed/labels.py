@@ -9,12 +9,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClassScheme", "HPA2021", "HPA2018", "SCHEMES", "get_scheme", "CHANNELS", "RGB_CHANNELS"]
+__all__ = [
+    "ClassScheme", "HPA2021", "HPA2018", "SCHEMES", "get_scheme", "CHANNELS", "RGB_CHANNELS", "NEGATIVE",
+    "MITOTIC_SPINDLE",
+]
 
 #: Channel order used everywhere: a field is float32 ``[4, H, W]`` in this order.
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 #: The channels of a 3-channel model.
 RGB_CHANNELS: tuple[str, ...] = ("red", "green", "blue")
+#: 2021 classes with a rule of their own: Negative (a cell that shows none of the other
+#: patterns; never together with another class in an image label) and the mitotic spindle
+#: (only mitotic cells show it).
+NEGATIVE = 18
+MITOTIC_SPINDLE = 11
 
 # 20 well-separated display colours (tab20 reordered so neighbours in the table differ).
 _PALETTE = (

@@ -1,4 +1,5 @@
-"""Training losses: classification (CE / BCE / focal) plus a triplet loss on mined triplets.
+"""Training losses: classification (CE / BCE / focal), a triplet loss on mined triplets, and a
+multiple-instance (MIL) term on bags of cells.
 
 The metric-learning parts are pytorch-metric-learning components wired together the way the
 library intends: one distance object shared by :class:`TripletMarginLoss` and its miner
@@ -8,6 +9,11 @@ with the anchor, a negative shares none.
 
 Targets are either int labels ``y`` int64 ``[N]`` (single-label) or multi-hot ``Y`` bool or
 float ``[N, K]`` (multi-label); :class:`CombinedLoss` tells them apart by their shape.
+
+Labels come per image but predictions are wanted per cell: the MIL term treats the cells of one
+image as a bag labelled with the image's labels, pools their logits per class
+(:func:`pool_bags`: log-sum-exp, max or mean) and scores the pooled logits by BCE
+(:func:`mil_bce_loss`), so a bag is right when *some* of its cells show a class, not all.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ __all__ = [
     "binary_cross_entropy_loss",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "pool_bags",
+    "mil_bce_loss",
     "create_distance",
     "create_miner",
     "MultiLabelTripletMiner",
@@ -179,6 +187,82 @@ def softmax_focal_loss(
         return terms.mean()
     w = weight[y]
     return (terms * w).sum() / w.sum()
+
+
+# --------------------------------------------------------------------------- multiple instances
+
+
+def pool_bags(
+    logits: torch.Tensor, groups: torch.Tensor, pooling: str = "lse", r: float = 5.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool the logits of each bag's cells, per class.
+
+    Parameters
+    ----------
+    logits : float tensor ``[N, K]``
+    groups : int tensor ``[N]``
+        Each cell's bag (any integer codes; the cells sharing a code form a bag).
+    pooling : {"lse", "max", "mean"}
+        ``"lse"``: log-sum-exp ``1/r log(1/n sum_i exp(r x_i))``, which goes from the mean
+        (r -> 0) to the max (r -> inf) of the bag's n logits; ``"max"``; ``"mean"``.
+    r : float
+        Sharpness of ``"lse"``, positive.
+
+    Returns
+    -------
+    pooled : float tensor ``[G, K]``
+        One row per bag, bags in increasing order of their code.
+    bag : int64 tensor ``[N]``
+        Each cell's row of ``pooled``.
+    """
+    if groups.shape != logits.shape[:1]:
+        raise ValueError(f"groups of shape {tuple(groups.shape)} for logits of shape {tuple(logits.shape)}")
+    codes, bag = torch.unique(groups.to(logits.device), return_inverse=True)
+    index = bag.unsqueeze(1).expand_as(logits)
+    empty = logits.new_zeros(len(codes), logits.shape[1])
+    if pooling == "mean":
+        return empty.scatter_reduce(0, index, logits, "mean", include_self=False), bag
+    peak = empty.scatter_reduce(0, index, logits, "amax", include_self=False)
+    if pooling == "max":
+        return peak, bag
+    if pooling != "lse":
+        raise ValueError(f"pooling={pooling!r}: use lse, max or mean")
+    if not r > 0:
+        raise ValueError(f"r={r} must be positive")
+    # peak + 1/r log(1 + mean(expm1(r (x - peak)))): no overflow at large r, no rounding to 0 at small r
+    peak = peak.detach()
+    spread = empty.scatter_reduce(0, index, torch.expm1(r * (logits - peak[bag])), "mean", include_self=False)
+    return peak + torch.log1p(spread) / r, bag
+
+
+def mil_bce_loss(
+    logits: torch.Tensor, Y: torch.Tensor, groups: torch.Tensor, pooling: str = "lse", r: float = 5.0,
+    class_weights=None,
+) -> torch.Tensor:
+    """Multiple-instance BCE: each bag's pooled logits against the bag's label.
+
+    Parameters
+    ----------
+    logits : float tensor ``[N, K]``
+    Y : multi-hot tensor ``[N, K]``
+        The cells' labels; a bag's label is their union (for cells labelled with their image's
+        labels, the image's labels).
+    groups : int tensor ``[N]``
+        Each cell's bag (its image).
+    pooling, r
+        As for :func:`pool_bags`.
+    class_weights : array-like ``[K]``, optional
+        As for :func:`binary_cross_entropy_loss`.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar: :func:`binary_cross_entropy_loss` of the ``[G, K]`` pooled logits and bag
+        labels, a mean over bags and classes.
+    """
+    pooled, bag = pool_bags(logits, groups, pooling, r)
+    bag_Y = torch.zeros_like(pooled).index_add_(0, bag, Y.to(pooled)) > 0
+    return binary_cross_entropy_loss(pooled, bag_Y, class_weights)
 
 
 # --------------------------------------------------------------------------- metric learning
@@ -343,7 +427,8 @@ class MultiLabelTripletMiner(BaseMiner):
 
 
 class CombinedLoss(nn.Module):
-    """``w_cls * classification + w_metric * triplet`` as a :class:`LossConfig` describes.
+    """``w_cls * classification + w_metric * triplet + mil_weight * MIL`` as a :class:`LossConfig`
+    describes.
 
     Parameters
     ----------
@@ -357,12 +442,15 @@ class CombinedLoss(nn.Module):
 
     Call
     ----
-    ``loss(output, target) -> (total, parts)`` where ``output`` is a
-    :class:`~hpa_embed.models.ModelOutput` (``embedding`` ``[N, D]``, ``logits`` ``[N, K]``)
-    and ``target`` is int ``y`` ``[N]`` or multi-hot ``Y`` ``[N, K]``. ``total`` is the scalar
-    to backpropagate; ``parts`` holds detached scalar tensors ``"cls"``, ``"metric"``,
-    ``"total"`` (no device sync, log them when you like) and the int ``"triplets"`` handed to the
-    triplet loss. A batch without a valid triplet has metric loss 0.
+    ``loss(output, target, groups=None) -> (total, parts)`` where ``output`` is a
+    :class:`~hpa_embed.models.ModelOutput` (``embedding`` ``[N, D]``, ``logits`` ``[N, K]``),
+    ``target`` is int ``y`` ``[N]`` or multi-hot ``Y`` ``[N, K]`` and ``groups`` int ``[N]``
+    gives each cell's image (needed when ``mil_weight > 0``: the bags of the MIL term,
+    :func:`mil_bce_loss`, which needs multi-hot ``Y``). ``total`` is the scalar to
+    backpropagate; ``parts`` holds detached scalar tensors ``"cls"``, ``"metric"``, ``"mil"``,
+    ``"total"`` (no device sync, log them when you like) and the int ``"triplets"`` handed to
+    the triplet loss. A batch without a valid triplet has metric loss 0; without MIL, ``"mil"``
+    is 0.
 
     With int ``y`` the labels go to pytorch-metric-learning directly (``TripletMarginMiner`` /
     ``MultiSimilarityMiner``; with ``miner=None`` every valid triplet). With multi-hot ``Y``,
@@ -424,6 +512,22 @@ class CombinedLoss(nn.Module):
         target = target.to(logits.device)
         return self._classification(logits, target, self._check_target(target, logits.shape[0]))
 
+    def mil_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The MIL term alone over the bags ``groups`` ``[N]`` of ``logits`` ``[N, K]`` (0 when
+        ``mil_weight`` is 0): validation scores whole images with it from the gathered logits."""
+        config = self.config
+        if not config.mil_weight:
+            return logits.new_zeros(())
+        target = target.to(logits.device)
+        if not self._check_target(target, logits.shape[0]):
+            raise ValueError("mil_weight > 0 needs multi-hot targets Y [N, K] (label_mode 'image_labels'), "
+                             "not int labels")
+        if groups is None:
+            raise ValueError("mil_weight > 0 needs groups [N], each cell's image (CellDataset.groups)")
+        return mil_bce_loss(logits, target, groups, config.mil_pooling, config.lse_r, self.class_weights)
+
     def _classification(self, logits: torch.Tensor, target: torch.Tensor, multi_hot: bool) -> torch.Tensor:
         kind, weights = self.config.classification, self.class_weights
         if kind == "ce":
@@ -456,7 +560,9 @@ class CombinedLoss(nn.Module):
         # MultiSimilarityMiner returns pairs; turn them into the triplets the loss would form
         return lmu.convert_to_triplets(self.miner(embedding, target), target)
 
-    def forward(self, output, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def forward(
+        self, output, target: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         embedding, logits = output[0], output[1]
         target = target.to(logits.device)
         multi_hot = self._check_target(target, embedding.shape[0])
@@ -468,6 +574,7 @@ class CombinedLoss(nn.Module):
             n_triplets = len(triplets[0])
             # with indices_tuple given, the loss reads no labels
             metric = self.metric_loss(embedding, indices_tuple=triplets)
-        total = self.config.w_cls * cls + self.config.w_metric * metric
-        parts = {"cls": cls.detach(), "metric": metric.detach(), "total": total.detach()}
+        mil = self.mil_loss(logits, target, groups)
+        total = self.config.w_cls * cls + self.config.w_metric * metric + self.config.mil_weight * mil
+        parts = {"cls": cls.detach(), "metric": metric.detach(), "mil": mil.detach(), "total": total.detach()}
         return total, {**parts, "triplets": n_triplets}

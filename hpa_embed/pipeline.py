@@ -7,7 +7,8 @@ An output folder holds one subfolder per stage and the records that say what mad
     <out>/data/                 input: the generated synthetic set (train/, train.csv, truth/)
     <out>/masks/                segment: <ID>_cellmask.png, <ID>_nucleimask.png; segmentation.csv
     <out>/store/                crop: the CellStore (cells.parquet + crops), split by image
-    <out>/train/                train: config.toml, history.csv, checkpoints/{last,best}
+    <out>/train/                train: config.toml, history.csv, checkpoints/{last,best} (with
+                                [train] pseudo_rounds, the earlier rounds in train/rounds/<n>/)
     <out>/embeddings/           embed: embeddings.npy, cells.parquet, embed.json (every cell)
     <out>/index/                index: the FAISS CellIndex over every cell
     <out>/predictions/<method>/ classify: probabilities.npy, cells.parquet, images.csv
@@ -332,11 +333,18 @@ def _stage_crop(paths: RunPaths, workers: int | None, progress: bool) -> dict:
 
 
 def _stage_train(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+    from .recipes import train_pseudo_round
     from .train import fit
 
     config = paths.config
-    result = fit(paths.store, paths.train, config.model, config.loss, config.data, config.train, resume=True,
+    rounds = config.train.pseudo_rounds
+    # with pseudo-label rounds the first rounds go to train/rounds/<n>, the last one to train/
+    folders = [paths.train / "rounds" / str(number) for number in range(rounds)] + [paths.train]
+    result = fit(paths.store, folders[0], config.model, config.loss, config.data, config.train, resume=True,
                  progress=progress)
+    for folder in folders[1:]:
+        result = train_pseudo_round(paths.store, folder, config, result.checkpoint,
+                                    support=config.train.pseudo_support, progress=progress)
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
     return {"checkpoint": result.checkpoint, "epochs": len(result.history),
             "last_epoch": {key: value for key, value in last.items() if isinstance(value, (int, float))}}
@@ -370,7 +378,8 @@ def _stage_classify(paths: RunPaths, workers: int | None, progress: bool) -> dic
     for method in config.methods:
         probabilities = predict_cells(embedded, method, checkpoint=paths.checkpoint, reference=reference,
                                       label_mode=config.knn_labels, n_neighbors=config.n_neighbors,
-                                      index_config=paths.config.index)
+                                      index_config=paths.config.index, negative=config.negative,
+                                      fusion_weight=config.fusion_weight)
         write_predictions(paths.predictions(method), embedded, probabilities, method)
         summary[method] = {"cells": len(probabilities), "path": paths.predictions(method)}
     return summary

@@ -77,9 +77,10 @@ class _Split:
     class_counts: np.ndarray  # int [K]
 
 
-def _load_split(store: CellStore, data: DataConfig, model: ModelConfig, split: str) -> _Split | None:
-    positions, targets = cell_targets(store.cells, data.label_mode, store.scheme, splits=split)
-    rows = store.cells["row"].to_numpy(dtype=np.int64)[positions]
+def _load_split(store: CellStore, cells: pd.DataFrame, data: DataConfig, model: ModelConfig,
+                split: str) -> _Split | None:
+    positions, targets = cell_targets(cells, data.label_mode, store.scheme, splits=split)
+    rows = cells["row"].to_numpy(dtype=np.int64)[positions]
     if len(rows) == 0:
         return None
     num_classes = model.num_classes
@@ -89,7 +90,8 @@ def _load_split(store: CellStore, data: DataConfig, model: ModelConfig, split: s
     else:
         counts = targets.sum(axis=0)
         primary = primary_labels(targets, counts)
-    dataset = CellDataset(store, rows, targets, channels=model.channels)
+    groups = cells["image_id"].to_numpy()[positions]  # an image's cells are one MIL bag
+    dataset = CellDataset(store, rows, targets, channels=model.channels, groups=groups)
     return _Split(dataset, np.asarray(primary), counts)
 
 
@@ -107,6 +109,15 @@ def _check_compatible(store: CellStore, model: ModelConfig, loss: LossConfig, da
             f"classes) but the model has {model.num_classes}",
         )
     check_training_configs(model, loss, data)
+
+
+def _set_prior_bias(model: CellEmbeddingModel, training: _Split, loss: LossConfig) -> None:
+    """Start each class's logit at its training frequency (sigmoid: log-odds; softmax: log p)."""
+    n = len(training.dataset)
+    frequency = np.clip(training.class_counts / max(n, 1), 1e-4, 1 - 1e-4)
+    bias = np.log(frequency) if loss.classification == "ce" else np.log(frequency / (1 - frequency))
+    with torch.no_grad():
+        model.classifier.linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
 
 
 def _seed_everything(seed: int) -> None:
@@ -176,7 +187,9 @@ class _Runner:
     data: DataConfig
     device: torch.device
 
-    def forward_loss(self, crops: torch.Tensor, targets: torch.Tensor, generator=None, augment=False):
+    def forward_loss(
+        self, crops: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, generator=None, augment=False
+    ):
         """Preprocess (and augment) uint8 crops, run the network -> (output, total loss, parts)."""
         x = preprocess(crops.to(self.device, non_blocking=True), self.model)
         if augment:
@@ -187,11 +200,11 @@ class _Runner:
         with autocast:
             output = self.network(x)
         output = type(output)(*(t.float() for t in output))
-        total, parts = self.criterion(output, targets.to(self.device))
+        total, parts = self.criterion(output, targets.to(self.device), groups.to(self.device))
         return output, total, parts
 
 
-_COMPONENTS = ("cls", "metric", "total")
+_COMPONENTS = ("cls", "metric", "mil", "total")
 
 
 def _train_epoch(
@@ -201,7 +214,8 @@ def _train_epoch(
     if runner.train.batchnorm == "frozen":
         _set_batchnorm_frozen(model)
     generator = torch.Generator().manual_seed(runner.train.seed * 1_000_003 + epoch * 7919 + context.rank)
-    sums = torch.zeros(len(_COMPONENTS) + 2, dtype=torch.float64)  # components, triplets, cells
+    n_parts = len(_COMPONENTS)
+    sums = torch.zeros(n_parts + 2, dtype=torch.float64)  # components, triplets, cells
     started = time.perf_counter()
     bar = tqdm(
         loader,
@@ -210,9 +224,9 @@ def _train_epoch(
         leave=False,
         unit="batch",
     )
-    for crops, targets in bar:
+    for crops, targets, groups in bar:
         optimizer.zero_grad(set_to_none=True)
-        _, total, parts = runner.forward_loss(crops, targets, generator, augment=runner.data.augment)
+        _, total, parts = runner.forward_loss(crops, targets, groups, generator, augment=runner.data.augment)
         if scaler is not None:
             scaler.scale(total).backward()
             scaler.unscale_(optimizer)
@@ -227,14 +241,14 @@ def _train_epoch(
             optimizer.step()
         scheduler.step()
         n = len(crops)
-        sums[:3] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * n
-        sums[3] += parts["triplets"]
-        sums[4] += n
+        sums[:n_parts] += torch.stack([parts[name].double().cpu() for name in _COMPONENTS]) * n
+        sums[n_parts] += parts["triplets"]
+        sums[n_parts + 1] += n
     sums = all_reduce_sum(sums, context)
-    cells = max(sums[4].item(), 1)
+    cells = max(sums[n_parts + 1].item(), 1)
     seconds = time.perf_counter() - started
     row = {f"train_{name}": sums[i].item() / cells for i, name in enumerate(_COMPONENTS)}
-    row["train_triplets_per_batch"] = sums[3].item() / max(len(loader), 1) / context.world_size
+    row["train_triplets_per_batch"] = sums[n_parts].item() / max(len(loader), 1) / context.world_size
     row["train_cells_per_s"] = cells / seconds
     return row
 
@@ -257,8 +271,8 @@ def _evaluate(runner: _Runner, split: _Split, context) -> dict[str, float]:
     logits_parts, index_parts = [], []
     sums = torch.zeros(2, dtype=torch.float64)  # metric loss x cells, cells
     for indices in sampler:
-        crops, targets = dataset.__getitems__(indices)
-        output, _, parts = runner.forward_loss(crops, targets)
+        crops, targets, groups = dataset.__getitems__(indices)
+        output, _, parts = runner.forward_loss(crops, targets, groups)
         sums += torch.tensor([parts["metric"].item() * len(indices), len(indices)], dtype=torch.float64)
         logits_parts.append(output.logits.float().cpu())
         index_parts.append(torch.as_tensor(indices))
@@ -285,14 +299,17 @@ def _evaluate(runner: _Runner, split: _Split, context) -> dict[str, float]:
     macro_ap = float(
         np.mean([average_precision_score(Y[:, k], scores[:, k]) for k in np.flatnonzero(present)])
     )
-    # The classification term is a mean over cells: computed once over the whole gathered split,
-    # it is exact under DDP too, where the padding of the last batch repeats some cells. The
-    # metric term depends on which cells share a batch and stays a mean over batches.
-    val_cls = runner.criterion.classification_loss(logits.to(runner.device), dataset.targets).item()
+    # The classification term is a mean over cells and the MIL term a mean over whole images:
+    # computed once over the whole gathered split, they are exact under DDP too, where the
+    # padding of the last batch repeats some cells. The metric term depends on which cells
+    # share a batch and stays a mean over batches.
+    logits = logits.to(runner.device)
+    val_cls = runner.criterion.classification_loss(logits, dataset.targets).item()
+    val_mil = runner.criterion.mil_loss(logits, dataset.targets, dataset.groups).item()
     val_metric = sums[0].item() / max(sums[1].item(), 1)
     weights = runner.criterion.config
-    row = {"val_cls": val_cls, "val_metric": val_metric,
-           "val_total": weights.w_cls * val_cls + weights.w_metric * val_metric}
+    val_total = weights.w_cls * val_cls + weights.w_metric * val_metric + weights.mil_weight * val_mil
+    row = {"val_cls": val_cls, "val_metric": val_metric, "val_mil": val_mil, "val_total": val_total}
     row.update(val_accuracy=accuracy, val_macro_ap=macro_ap)
     return row
 
@@ -340,6 +357,7 @@ def fit(
     train: TrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    cells: pd.DataFrame | None = None,
 ) -> FitResult:
     """Train a cell embedding model on a CellStore.
 
@@ -357,6 +375,9 @@ def fit(
         Without it, an existing run in ``out`` is refused rather than overwritten.
     progress : bool
         Show a tqdm bar per epoch.
+    cells : DataFrame, optional
+        The store's table with more label columns (e.g. ``pseudo_labels``), rows unchanged;
+        default the store's own.
     """
     model_config = model or ModelConfig()
     loss_config = loss or LossConfig()
@@ -382,20 +403,26 @@ def fit(
         )
     _seed_everything(train_config.seed)
 
-    training = _load_split(store, data_config, model_config, "train")
+    if cells is not None and not np.array_equal(cells["row"].to_numpy(), store.cells["row"].to_numpy()):
+        raise ValueError("cells must be the store's table (same rows, same order) with more columns")
+    cells = store.cells if cells is None else cells
+    training = _load_split(store, cells, data_config, model_config, "train")
     if training is None:
         raise DataError(
             store.path, f"no training cells (split 'train', label_mode={data_config.label_mode!r})"
         )
-    validation = _load_split(store, data_config, model_config, "val")
+    validation = _load_split(store, cells, data_config, model_config, "val")
     batch = data_config.batch_size
-    sampler = make_batch_sampler(data_config, training.y_primary, train_config.seed, context.rank,
-                                 context.world_size)
+    sampler = make_batch_sampler(data_config, training.y_primary, training.dataset.groups, train_config.seed,
+                                 context.rank, context.world_size)
     if len(sampler) == 0:
         raise DataError(store.path, f"{len(training.dataset)} training cells make no batch of {batch}")
     loader = make_loader(training.dataset, sampler, data_config.num_workers)
 
-    network_model = create_model(model_config).to(context.device)
+    network_model = create_model(model_config)
+    if train_config.classifier_bias == "prior":
+        _set_prior_bias(network_model, training, loss_config)
+    network_model = network_model.to(context.device)
     if train_config.channels_last:
         network_model = network_model.to(memory_format=torch.channels_last)
     if context.world_size > 1 and context.device.type == "cuda" and train_config.batchnorm == "train":
@@ -545,10 +572,10 @@ def lr_find(
     _check_compatible(store, model_config, loss_config, data_config)
     _seed_everything(train_config.seed)
     device = distributed_context(train_config.device).device
-    training = _load_split(store, data_config, model_config, "train")
+    training = _load_split(store, store.cells, data_config, model_config, "train")
     if training is None:
         raise DataError(store.path, "no training cells")
-    sampler = make_batch_sampler(data_config, training.y_primary, train_config.seed)
+    sampler = make_batch_sampler(data_config, training.y_primary, training.dataset.groups, train_config.seed)
     network = create_model(model_config).to(device)
     criterion = CombinedLoss(loss_config, model_config.num_classes, training.class_counts).to(device)
     optimizer = _create_optimizer(network, train_config)
@@ -566,9 +593,9 @@ def lr_find(
             lr = start_lr * factor**step
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            crops, targets = training.dataset.__getitems__(indices)
+            crops, targets, groups = training.dataset.__getitems__(indices)
             optimizer.zero_grad(set_to_none=True)
-            _, total, _ = runner.forward_loss(crops, targets, generator, augment=data_config.augment)
+            _, total, _ = runner.forward_loss(crops, targets, groups, generator, augment=data_config.augment)
             total.backward()
             optimizer.step()
             average = smoothing * average + (1 - smoothing) * total.item()

@@ -7,6 +7,7 @@ from hpa_embed.config import ConfigError, DataConfig
 from hpa_embed.data import (
     BalancedBatchSampler,
     CellDataset,
+    ImageBatchSampler,
     ShuffledBatchSampler,
     augment_batch,
     cell_targets,
@@ -22,14 +23,31 @@ def test_dataset_reads_batches_and_selects_channels(tiny_store_path):
     positions, Y = cell_targets(store.cells, "image_labels", splits="train")
     rows = store.cells["row"].to_numpy()[positions]
     dataset = CellDataset(store, rows, Y)
-    crops, targets = dataset.__getitems__([3, 0, 3])
+    crops, targets, groups = dataset.__getitems__([3, 0, 3])
     assert crops.dtype == torch.uint8 and crops.shape == (3, 4, 32, 32)
     np.testing.assert_array_equal(crops.numpy(), store.get_crops(rows[[3, 0, 3]]))
     assert targets.dtype == torch.float32 and torch.equal(targets[0], torch.from_numpy(Y[3]).float())
+    assert groups.tolist() == [3, 0, 3]  # default: every cell its own group
     rgb = CellDataset(store, rows, Y, channels=RGB_CHANNELS)
     np.testing.assert_array_equal(rgb[5][0].numpy(), store.get_crops(rows[[5]])[0, :3])
     with pytest.raises(ValueError, match="targets"):
         CellDataset(store, rows, Y[:-1])
+
+
+def test_dataset_groups_are_image_codes(tiny_store_path):
+    store = CellStore.open(tiny_store_path)
+    positions, Y = cell_targets(store.cells, "image_labels", splits="train")
+    image_ids = store.cells["image_id"].to_numpy()[positions]
+    dataset = CellDataset(store, store.cells["row"].to_numpy()[positions], Y, groups=image_ids)
+    codes = dataset.groups.numpy()
+    assert dataset.groups.dtype == torch.int64 and codes.min() == 0 and codes.max() == len(set(image_ids)) - 1
+    # same code <=> same image
+    np.testing.assert_array_equal(codes[:, None] == codes[None], image_ids[:, None] == image_ids[None])
+    _, _, groups = dataset.__getitems__([5, 1])
+    assert groups.tolist() == codes[[5, 1]].tolist()
+    assert dataset[2][2] == codes[2]
+    with pytest.raises(ValueError, match="groups"):
+        CellDataset(store, store.cells["row"].to_numpy()[positions], Y, groups=image_ids[:-1])
 
 
 def test_loader_yields_sampler_batches(tiny_store_path):
@@ -41,7 +59,7 @@ def test_loader_yields_sampler_batches(tiny_store_path):
     batches = list(make_loader(dataset, sampler))
     assert len(batches) == len(dataset) // 8
     order = np.concatenate(list(sampler))
-    np.testing.assert_array_equal(torch.cat([t for _, t in batches]).numpy(), y[order])
+    np.testing.assert_array_equal(torch.cat([t for _, t, _ in batches]).numpy(), y[order])
 
 
 def test_augmentation_only_moves_pixels_and_scales_all_channels_alike():
@@ -117,6 +135,101 @@ def test_make_batch_sampler_shuffle_and_seed():
     balanced = DataConfig(batch_size=8, m_per_class=2)
     first, again = (list(make_batch_sampler(balanced, labels, seed=2)) for _ in range(2))
     assert first == again
+
+
+def image_groups(seed=0, n_images=40, most=9) -> np.ndarray:
+    """Image codes of cells: 1 .. most cells per image, cells of an image not contiguous."""
+    rng = np.random.RandomState(seed)
+    return rng.permutation(np.repeat(np.arange(n_images) * 3 + 7, rng.randint(1, most + 1, n_images)))
+
+
+def images_of(batch, groups) -> set:
+    return set(groups[batch].tolist())
+
+
+def test_image_sampler_keeps_images_whole_and_covers_each_once():
+    groups = image_groups()
+    sampler = ImageBatchSampler(groups, batch_size=16, seed=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0
+    seen = []
+    for batch in batches:
+        assert 2 <= len(batch) <= 16 and len(set(batch)) == len(batch)
+        for image in images_of(batch, groups):  # every cell of each image in the batch
+            assert set(np.flatnonzero(groups == image)) <= set(batch)
+        seen.extend(images_of(batch, groups))
+    # each image once per epoch (a one-cell image left alone in a batch may wait)
+    assert len(seen) == len(set(seen)) and len(set(groups)) - len(seen) <= 1
+    assert sorted(np.concatenate(batches)) == sorted(np.flatnonzero(np.isin(groups, seen)))
+    # best-fit decreasing leaves little room: about as few batches as the cells need
+    assert len(batches) <= np.ceil(len(groups) / 16) + 2
+
+
+def test_image_sampler_is_seeded_and_cuts_images_larger_than_a_batch():
+    groups = image_groups(most=12)
+    first = list(ImageBatchSampler(groups, 8, seed=1))
+    assert list(ImageBatchSampler(groups, 8, seed=1)) == first
+    assert list(ImageBatchSampler(groups, 8, seed=2)) != first
+    sampler = ImageBatchSampler(groups, 8, seed=1)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and len(second) == len(first)
+    big = [image for image in set(groups) if (groups == image).sum() > 8]
+    assert big
+    drawn = {image: [] for image in big}
+    for epoch in (first, second):
+        for batch in epoch:
+            assert len(batch) <= 8
+            for image in images_of(batch, groups) & set(big):
+                # cut to a batch of its cells, alone in the batch
+                assert images_of(batch, groups) == {image} and len(batch) == 8
+                drawn[image].append(sorted(batch))
+    assert any(a != b for a, b in drawn.values())  # a different random batch of it each epoch
+
+
+def test_image_sampler_num_batches_continues_with_another_pass():
+    groups = image_groups()
+    one_pass = len(ImageBatchSampler(groups, 16))
+    sampler = ImageBatchSampler(groups, 16, num_batches=one_pass + 3, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == one_pass + 3
+    assert len(list(ImageBatchSampler(groups, 16, num_batches=2))) == 2
+    for batch in batches:
+        for image in images_of(batch, groups):
+            assert set(np.flatnonzero(groups == image)) <= set(batch)
+
+
+@pytest.mark.parametrize("sizes", [range(1, 9), range(5, 8)], ids=["1-8 cells", "5-7 cells"])
+def test_image_sampler_gives_ranks_disjoint_whole_images(sizes):
+    # no image larger than a rank's batch of 8; with 5-7 cells no two fit together
+    rng = np.random.RandomState(3)
+    groups = rng.permutation(np.repeat(np.arange(60), rng.choice(sizes, 60)))
+    ranks = [list(ImageBatchSampler(groups, 16, seed=2, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) > 0  # the same number of steps on every rank
+    per_rank = []
+    for batches in ranks:
+        images = []
+        for batch in batches:
+            assert 0 < len(batch) <= 8
+            for image in images_of(batch, groups):
+                assert set(np.flatnonzero(groups == image)) <= set(batch)
+            images.extend(images_of(batch, groups))
+        assert len(images) == len(set(images))
+        per_rank.append(set(images))
+    assert not per_rank[0] & per_rank[1]
+    # at most one leftover batch per pass (and a lone one-cell image) are left out
+    assert len(set(groups) - per_rank[0] - per_rank[1]) <= 8 + 1
+
+
+def test_make_batch_sampler_images():
+    groups = image_groups()
+    labels = np.zeros(len(groups), dtype=int)
+    data = DataConfig(label_mode="image_labels", sampler="images", batch_size=16, batches_per_epoch=5)
+    sampler = make_batch_sampler(data, labels, groups, seed=3, rank=1, world_size=2)
+    assert isinstance(sampler, ImageBatchSampler) and len(sampler) == 5
+    assert list(sampler) == list(ImageBatchSampler(groups, 16, 5, seed=3, rank=1, world_size=2))
+    with pytest.raises(ValueError, match="needs each cell's image: pass groups"):
+        make_batch_sampler(data, labels)
 
 
 def weak_label_table() -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""Classification losses, class weights, the multi-label miner and the combined loss,
-checked against hand-computed values and brute-force enumeration."""
+"""Classification losses, class weights, MIL pooling and loss, the multi-label miner and the
+combined loss, checked against hand-computed values and brute-force enumeration."""
 
 import itertools
 import math
@@ -17,6 +17,8 @@ from hpa_embed.losses import (
     binary_cross_entropy_loss,
     class_weights_from_counts,
     cross_entropy_loss,
+    mil_bce_loss,
+    pool_bags,
     primary_labels,
     sigmoid_focal_loss,
     softmax_focal_loss,
@@ -106,6 +108,103 @@ def test_softmax_focal_by_hand_and_equals_ce_at_gamma_zero():
     p = math.exp(1) / (math.exp(1) + 1)
     value = softmax_focal_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), gamma=2.0)
     assert value.item() == pytest.approx((1 - p) ** 2 * -math.log(p), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- multiple instances
+
+
+def test_lse_pooling_by_hand():
+    logits = torch.tensor([[0.0, 1.0], [math.log(3), -2.0], [5.0, 0.5]], dtype=torch.float64)
+    pooled, bag = pool_bags(logits, torch.tensor([4, 4, 1]), "lse", r=1.0)
+    assert bag.tolist() == [1, 1, 0]  # bags in increasing order of their code
+    # bag 4, class 0: log((e^0 + e^ln3) / 2) = log 2
+    expected = [[5.0, 0.5], [math.log(2), math.log((math.e + math.exp(-2)) / 2)]]
+    torch.testing.assert_close(pooled, torch.tensor(expected, dtype=torch.float64))
+    pooled, _ = pool_bags(logits, torch.tensor([4, 4, 1]), "lse", r=2.0)
+    assert pooled[1, 0].item() == pytest.approx(0.5 * math.log((1 + 9) / 2))
+
+
+def test_pooling_limits_max_and_mean_against_brute_force():
+    x = 10 * torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    groups = torch.tensor([0, 1, 2] * 4)
+    brute_max = torch.stack([x[groups == k].amax(0) for k in range(3)])
+    brute_mean = torch.stack([x[groups == k].mean(0) for k in range(3)])
+    torch.testing.assert_close(pool_bags(x, groups, "max")[0], brute_max)
+    torch.testing.assert_close(pool_bags(x, groups, "mean")[0], brute_mean)
+    # float32: r -> inf gives the max (exp(r x) would overflow), r -> 0 the mean (exp(r x) would
+    # round to 1); in between LSE grows with r
+    torch.testing.assert_close(pool_bags(x, groups, "lse", 1e4)[0], brute_max, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pool_bags(x, groups, "lse", 1e-6)[0], brute_mean, atol=1e-3, rtol=0)
+    steps = [brute_mean] + [pool_bags(x, groups, "lse", r)[0] for r in (0.1, 1.0, 10.0)] + [brute_max]
+    for low, high in zip(steps, steps[1:]):
+        assert (low <= high + 1e-5).all()
+    x64 = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: pool_bags(v, groups[:6], "lse", 3.0)[0], (x64,))
+    with pytest.raises(ValueError, match="pooling='attention'"):
+        pool_bags(x, groups, "attention")
+
+
+def brute_force_mil(logits, Y, groups, pool):
+    """Per bag and class: pool its cells' logits, BCE against 'any cell has the class'; the mean."""
+    terms = []
+    for code in sorted(set(groups.tolist())):
+        cells = [i for i in range(len(groups)) if groups[i] == code]
+        for k in range(logits.shape[1]):
+            p = sigmoid(pool([logits[i, k].item() for i in cells]))
+            positive = any(bool(Y[i, k]) for i in cells)
+            terms.append(-math.log(p) if positive else -math.log(1 - p))
+    return sum(terms) / len(terms)
+
+
+POOLS = {
+    "lse": lambda v: math.log(sum(math.exp(2.5 * x) for x in v) / len(v)) / 2.5,
+    "max": max,
+    "mean": lambda v: sum(v) / len(v),
+}
+
+
+@pytest.fixture(scope="module")
+def bags_batch():
+    logits = torch.randn(7, 4, generator=torch.Generator().manual_seed(5))
+    # the cells of a bag carry different labels: the bag's label is their union
+    Y = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0],
+                      [0, 0, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    groups = torch.tensor([2, 0, 2, 5, 0, 2, 9])
+    return logits, Y, groups
+
+
+@pytest.mark.parametrize("pooling", ["lse", "max", "mean"])
+def test_mil_loss_matches_per_bag_bce(bags_batch, pooling):
+    logits, Y, groups = bags_batch
+    got = mil_bce_loss(logits, Y, groups, pooling, r=2.5)
+    assert got.item() == pytest.approx(brute_force_mil(logits, Y, groups, POOLS[pooling]), rel=1e-5)
+
+
+def test_combined_loss_adds_the_weighted_mil_term(bags_batch):
+    logits, Y, groups = bags_batch
+    E = F.normalize(torch.randn(7, 3, generator=torch.Generator().manual_seed(6)), dim=1)
+    config = LossConfig(classification="bce", metric=None, mil_weight=0.5, mil_pooling="max")
+    logits = logits.clone().requires_grad_()
+    total, parts = CombinedLoss(config, num_classes=4)(ModelOutput(E, logits), Y, groups)
+    assert parts["mil"].item() == pytest.approx(brute_force_mil(logits, Y, groups, max), rel=1e-5)
+    assert total.item() == pytest.approx(parts["cls"].item() + 0.5 * parts["mil"].item(), rel=1e-6)
+    total.backward()
+    assert torch.isfinite(logits.grad).all()
+    # class weights weigh the bag term's columns as they weigh the cell term's
+    weighted = LossConfig(metric=None, mil_weight=1.0, class_weights="inverse_frequency")
+    counts = [3, 1, 2, 2]
+    _, parts = CombinedLoss(weighted, 4, class_counts=counts)(ModelOutput(E, logits), Y, groups)
+    expected = mil_bce_loss(logits, Y, groups, "lse", 5.0, class_weights_from_counts(counts))
+    torch.testing.assert_close(parts["mil"], expected.detach())
+    # off by default: no groups needed, the part is 0
+    _, parts = CombinedLoss(LossConfig(metric=None), 4)(ModelOutput(E, logits), Y)
+    assert parts["mil"].item() == 0
+    with pytest.raises(ValueError, match="needs groups"):
+        CombinedLoss(config, 4)(ModelOutput(E, logits), Y)
+    with pytest.raises(ValueError, match="needs multi-hot targets"):
+        CombinedLoss(config, 4)(ModelOutput(E, logits), torch.arange(7) % 4, groups)
+    # MIL alone is a loss
+    LossConfig(classification=None, metric=None, mil_weight=1.0)
 
 
 # --------------------------------------------------------------------------- multi-label miner
@@ -285,6 +384,9 @@ def test_combined_loss_rejects_mismatched_targets():
         {"margin": -0.1},
         {"beta": 1.0},
         {"miner": "easy"},
+        {"mil_weight": -1.0},
+        {"mil_pooling": "attention"},
+        {"lse_r": 0.0},
     ],
 )
 def test_loss_config_rejects_bad_values(overrides):

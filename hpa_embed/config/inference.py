@@ -80,11 +80,20 @@ class ClassifyConfig(ConfigSection):
     knn_labels : {"image_labels", "true_labels"}
         kNN: the labels the training cells vote with; "true_labels" (synthetic truth) is an
         oracle, not a weakly supervised result.
+    negative : {"complement", "model"}
+        How a cell's Negative score is made: the larger of the model's Negative output and one
+        minus its highest other class (a cell that shows nothing is Negative), or the model's
+        output alone.
+    fusion_weight : float
+        Blend each cell's scores with its image's (the maximum over the image's cells), in
+        [0, 1]; 0 scores every cell on its own.
     """
 
     methods: tuple[str, ...] = ("head", "knn")
     n_neighbors: int = 10
     knn_labels: str = "image_labels"
+    negative: str = "complement"
+    fusion_weight: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -94,6 +103,8 @@ class ClassifyConfig(ConfigSection):
             check_choice("methods", method, ("head", "knn"))
         check_positive_int(self, "n_neighbors")
         check_choice("knn_labels", self.knn_labels, ("image_labels", "true_labels"))
+        check_choice("negative", self.negative, ("complement", "model"))
+        check_unit_interval(self, "fusion_weight")
 
 
 #: Splits scored by each choice of :attr:`EvaluateConfig.split`.

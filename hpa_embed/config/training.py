@@ -122,7 +122,7 @@ class ModelConfig(ConfigSection):
 
 @dataclass(frozen=True)
 class LossConfig(ConfigSection):
-    """The training loss: ``w_cls * classification + w_metric * metric``.
+    """The training loss: ``w_cls * classification + w_metric * metric + mil_weight * mil``.
 
     Attributes
     ----------
@@ -158,6 +158,17 @@ class LossConfig(ConfigSection):
         Per-class weights from label counts (:func:`class_weights_from_counts`).
     beta : float
         The effective-number parameter (Cui et al. 2019), in [0, 1).
+    mil_weight : float
+        Weight of the multiple-instance (MIL) term, 0 = off: the cells of one image in a batch
+        form a bag, their logits are pooled per class (``mil_pooling``) and compared by BCE with
+        the bag's label (the union of its cells' labels: in ``label_mode = "image_labels"`` the
+        image's labels). Needs multi-hot targets; ``[data] sampler = "images"`` keeps bags whole.
+    mil_pooling : {"lse", "max", "mean"}
+        How a bag's cell logits become its logit, per class: ``"lse"`` log-sum-exp
+        ``1/r log(mean(exp(r x)))`` (between the mean, r -> 0, and the max, r -> inf),
+        ``"max"`` or ``"mean"``.
+    lse_r : float
+        The sharpness r of ``"lse"`` pooling (positive).
     """
 
     classification: str | None = "bce"
@@ -174,6 +185,9 @@ class LossConfig(ConfigSection):
     gamma: float = 2.0
     class_weights: str = "none"
     beta: float = 0.999
+    mil_weight: float = 0.0
+    mil_pooling: str = "lse"
+    lse_r: float = 5.0
 
     def __post_init__(self):
         check_choice("classification", self.classification, ("ce", "bce", "focal", None))
@@ -181,14 +195,18 @@ class LossConfig(ConfigSection):
         check_choice("distance", self.distance, ("cosine", "euclidean", "lp"))
         check_choice("miner", self.miner, ("semihard", "hard", "all", "multi_similarity", None))
         check_choice("class_weights", self.class_weights, ("none", "inverse_frequency", "effective_number"))
-        if self.classification is None and self.metric is None:
-            raise ConfigError("classification and metric are both None: the loss would be empty")
-        for name in ("w_cls", "w_metric", "margin", "epsilon", "gamma"):
+        check_choice("mil_pooling", self.mil_pooling, ("lse", "max", "mean"))
+        for name in ("w_cls", "w_metric", "margin", "epsilon", "gamma", "mil_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}={value!r} must be a finite non-negative number")
+        if self.classification is None and self.metric is None and not self.mil_weight:
+            raise ConfigError("classification and metric are both None and mil_weight is 0: the loss "
+                              "would be empty")
         if not self.p > 0:
             raise ConfigError(f"p={self.p!r} must be positive")
+        if not (isinstance(self.lse_r, (int, float)) and math.isfinite(self.lse_r) and self.lse_r > 0):
+            raise ConfigError(f"lse_r={self.lse_r!r} must be a finite positive number")
         if not 0 <= self.beta < 1:
             raise ConfigError(f"beta={self.beta!r} must lie in [0, 1)")
         if not isinstance(self.max_triplets, int) or self.max_triplets < 1:
@@ -203,21 +221,26 @@ class DataConfig(ConfigSection):
 
     Attributes
     ----------
-    label_mode : {"single_label", "image_labels", "true_labels"}
+    label_mode : {"single_label", "image_labels", "true_labels", "pseudo_labels"}
         ``"single_label"``: cells of single-label images with their image's label (int ``y``);
         ``"image_labels"``: every cell with its image's labels (multi-hot ``Y``, weak);
-        ``"true_labels"``: synthetic truth per cell (the oracle). See
+        ``"true_labels"``: synthetic truth per cell (the oracle); ``"pseudo_labels"``: labels a
+        previous round gave the cells (set by ``[train] pseudo_rounds``, not by hand). See
         :func:`hpa_embed.data.cell_targets`.
     batch_size : int
         Global batch size (split across processes under DDP).
-    sampler : {"balanced", "shuffle"}
+    sampler : {"balanced", "shuffle", "images"}
         ``"balanced"``: ``m_per_class`` cells of each of ``batch_size / m_per_class`` classes per
         batch (pytorch-metric-learning's ``MPerClassSampler``; multi-hot cells by their rarest
-        label); ``"shuffle"``: every cell once per epoch in random order.
+        label); ``"shuffle"``: every cell once per epoch in random order; ``"images"``: whole
+        images (every cell of an image in one batch, the bags of ``[loss] mil_weight``), packed
+        into batches of at most ``batch_size`` cells, each image once per epoch; an image with
+        more cells than a batch (per process under DDP) gives a random batch of them.
     m_per_class : int
         Cells per class in a balanced batch; divides ``batch_size``.
     batches_per_epoch : int or None
-        Balanced sampling only; default: training cells // batch size.
+        Balanced and images sampling; default: training cells // batch size (balanced), one
+        pass over the images (images).
     augment : bool
         Random flips, 90-degree rotations and brightness jitter (:func:`hpa_embed.data.augment_batch`).
     intensity_jitter : float
@@ -239,8 +262,9 @@ class DataConfig(ConfigSection):
     eval_batch_size: int = 128
 
     def __post_init__(self):
-        check_choice("label_mode", self.label_mode, ("single_label", "image_labels", "true_labels"))
-        check_choice("sampler", self.sampler, ("balanced", "shuffle"))
+        check_choice("label_mode", self.label_mode, ("single_label", "image_labels", "true_labels",
+                                                     "pseudo_labels"))
+        check_choice("sampler", self.sampler, ("balanced", "shuffle", "images"))
         for name in ("batch_size", "m_per_class", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -285,6 +309,17 @@ class TrainConfig(ConfigSection):
         ``"train"``: batch statistics (synchronised across GPUs under DDP); ``"frozen"``: every
         BatchNorm layer uses its running statistics, which makes a DDP run on the CPU (where
         PyTorch cannot synchronise BatchNorm) compute exactly what one process would.
+    pseudo_rounds : int
+        Rounds trained on cell pseudo-labels after the first (:mod:`hpa_embed.recipes`): a cell
+        keeps an image label where the previous round's model supports it, and becomes Negative
+        where it supports none.
+    pseudo_support : float
+        A label is supported in a cell whose probability of it reaches this fraction of the
+        highest probability of the class among its image's cells, in (0, 1].
+    classifier_bias : {"zero", "prior"}
+        The classifier's initial bias: ``"prior"`` starts each class at its frequency among the
+        training cells (``log(p / (1 - p))`` for sigmoid losses, ``log p`` for softmax), so the
+        first steps do not go into pushing 19 sigmoid outputs down from 0.5.
     seed : int
     device : {"auto", "cpu", "cuda"}
     """
@@ -301,6 +336,9 @@ class TrainConfig(ConfigSection):
     grad_clip: float | None = 5.0
     early_stopping_patience: int | None = None
     batchnorm: str = "train"
+    pseudo_rounds: int = 0
+    pseudo_support: float = 0.5
+    classifier_bias: str = "zero"
     seed: int = 0
     device: str = "auto"
 
@@ -309,6 +347,11 @@ class TrainConfig(ConfigSection):
         check_choice("schedule", self.schedule, ("cosine", "onecycle", "constant"))
         check_choice("precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
         check_choice("batchnorm", self.batchnorm, ("train", "frozen"))
+        check_choice("classifier_bias", self.classifier_bias, ("zero", "prior"))
+        if not isinstance(self.pseudo_rounds, int) or self.pseudo_rounds < 0:
+            raise ConfigError(f"pseudo_rounds={self.pseudo_rounds!r} must be a non-negative integer")
+        if not 0 < self.pseudo_support <= 1:
+            raise ConfigError(f"pseudo_support={self.pseudo_support!r} must lie in (0, 1]")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs!r} must be a positive integer")
@@ -329,6 +372,10 @@ def check_training_configs(model: ModelConfig, loss: LossConfig, data: DataConfi
     if loss.classification == "ce" and data.label_mode != "single_label":
         raise ConfigError(f"[loss] classification = 'ce' needs single-label cells but [data] label_mode = "
                           f"{data.label_mode!r} gives multi-hot targets: use 'bce' or 'focal'")
+    if loss.mil_weight > 0 and data.label_mode == "single_label":
+        raise ConfigError("[loss] mil_weight > 0 needs multi-hot targets but [data] label_mode = "
+                          "'single_label' gives int labels: use label_mode = 'image_labels' (or set "
+                          "mil_weight = 0)")
     if data.sampler == "balanced" and data.batch_size // data.m_per_class > model.num_classes:
         raise ConfigError(f"[data] a balanced batch of {data.batch_size} with m_per_class = "
                           f"{data.m_per_class} needs {data.batch_size // data.m_per_class} classes, the "

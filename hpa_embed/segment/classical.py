@@ -351,6 +351,13 @@ class ClassicalSegmenter:
     valley_ratio: float = 0.7
     compactness: float = 0.05
     boundary_smoothing: float = 1.0
+    edge_weight: float = 0.0
+    edge_smoothing: float = 0.5
+    edge_exclusion: float = 1.0
+    seed_growth: float = 0.0
+    log_threshold: bool = False
+    contrast_scale: float = 0.0
+    contrast_floor: float = 0.05
 
     def resolve_pixel_size(self, image: np.ndarray) -> float:
         """The pixel size (µm) used for ``image``: the fixed one, or measured."""
@@ -383,11 +390,10 @@ class ClassicalSegmenter:
         if image.shape[0] > YELLOW:
             reference += block_mean(image[YELLOW], factor)
         ref_smooth = ndi.gaussian_filter(reference, self.cell_smoothing / work_pixel)
-        ref_threshold = foreground_threshold(ref_smooth, reference, self.cell_threshold)
-        landscape = ndi.gaussian_filter(reference, self.watershed_smoothing / work_pixel)
+        ref_threshold = foreground_threshold(ref_smooth, reference, self.cell_threshold, log=self.log_threshold)
         # cells, plus the regions of unseen cells (ids > n_nuclei), refined together so that
         # the border between a cell and a dropped neighbour is as smooth as between two cells
-        regions = self._cells(nuclei, ref_smooth, ref_threshold, landscape, work_pixel)
+        regions = self._cells(nuclei, reference, ref_smooth, ref_threshold, work_pixel)
         n_nuclei = int(nuclei.max())
         small = np.bincount(regions.ravel()) < self.min_cell_area * area_px
         small[0] = False
@@ -413,6 +419,20 @@ class ClassicalSegmenter:
         cell_mask = np.where(nucleus_mask > 0, nucleus_mask, cell_mask)
         return relabel_masks(cell_mask, nucleus_mask)
 
+    def _altitude(self, reference, nuclei, work_pixel):
+        from skimage.filters import sobel
+
+        altitude = -ndi.gaussian_filter(reference, self.watershed_smoothing / work_pixel)
+        if self.contrast_scale > 0:
+            local = ndi.gaussian_filter(reference, self.contrast_scale / work_pixel)
+            altitude = altitude / np.maximum(local, self.contrast_floor * local.max())
+        if self.edge_weight > 0:
+            edges = sobel(ndi.gaussian_filter(reference, self.edge_smoothing / work_pixel)) / work_pixel
+            rim = ndi.distance_transform_edt(nuclei == 0) * work_pixel <= self.edge_exclusion
+            edges[rim] = 0
+            altitude += self.edge_weight * edges
+        return altitude
+
     def _nuclei(self, foreground: np.ndarray, work_pixel: float, area_px: float) -> np.ndarray:
         foreground = ndi.binary_fill_holes(foreground)
         labels, _ = ndi.label(foreground)
@@ -426,9 +446,9 @@ class ClassicalSegmenter:
     def _cells(
         self,
         nuclei: np.ndarray,
+        reference: np.ndarray,
         ref_smooth: np.ndarray,
         ref_threshold: float,
-        landscape: np.ndarray,
         work_pixel: float,
     ) -> np.ndarray:
         from skimage.feature import peak_local_max
@@ -440,7 +460,8 @@ class ClassicalSegmenter:
         holes = np.bincount(holes.ravel())[holes] < self.min_nucleus_area / work_pixel**2
         foreground |= holes
         n_nuclei = int(nuclei.max())
-        markers = nuclei.copy()
+        from skimage.segmentation import expand_labels
+        markers = np.where(foreground, expand_labels(nuclei, self.seed_growth / work_pixel), 0) if self.seed_growth > 0 else nuclei.copy()
         n_kept_apart = n_nuclei
         if np.isfinite(self.orphan_distance):
             # each stretch of cytoplasm far from every nucleus gets competing seeds at its
@@ -458,11 +479,10 @@ class ClassicalSegmenter:
                 )
                 rows, cols = np.concatenate(seeds).astype(np.int64).T
                 markers[rows, cols] = n_kept_apart + np.arange(1, len(rows) + 1)
-        regions = watershed(
-            -landscape / max(ref_threshold, 1e-6), markers, mask=foreground, compactness=self.compactness
-        )
+        altitude = self._altitude(reference, nuclei, work_pixel) / max(ref_threshold, 1e-6)
+        regions = watershed(altitude, markers, mask=foreground, compactness=self.compactness)
         if regions.max() > n_kept_apart:
-            regions = _merge_unseeded(regions, n_kept_apart, ref_smooth, self.valley_ratio)
+            regions = _merge_unseeded(regions, n_kept_apart, -altitude if (self.edge_weight > 0 or self.contrast_scale > 0) else ref_smooth, self.valley_ratio)
         regions = _smooth_labels(regions, self.boundary_smoothing / work_pixel)
         # a nucleus always lies in its own cell
         return np.where(nuclei > 0, nuclei, regions).astype(np.int32)

@@ -11,12 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..labels import MITOTIC_SPINDLE, NEGATIVE
 from .config import SyntheticConfig
 
-__all__ = ["NEGATIVE", "MITOTIC_SPINDLE", "sample_image_labels", "assign_cell_labels"]
-
-NEGATIVE = 18
-MITOTIC_SPINDLE = 11
+__all__ = ["sample_image_labels", "assign_cell_labels"]
 
 
 @functools.lru_cache(maxsize=32)

@@ -24,8 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..io import DataError, LabelTable, atomic_path, write_labels, write_mask, write_png
-from ..labels import CHANNELS, HPA2021
-from .annotation import NEGATIVE
+from ..labels import CHANNELS, HPA2021, NEGATIVE
 from .config import SyntheticConfig, get_preset
 from .field import SyntheticField, generate_field
 

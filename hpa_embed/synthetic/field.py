@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..labels import HPA2021
-from .annotation import MITOTIC_SPINDLE, NEGATIVE, assign_cell_labels, sample_image_labels
+from ..labels import HPA2021, MITOTIC_SPINDLE, NEGATIVE
+from .annotation import assign_cell_labels, sample_image_labels
 from .config import CELL_LINES, SyntheticConfig
 from .geometry import build_geometry
 from .patterns import render_green

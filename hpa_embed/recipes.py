@@ -1,0 +1,195 @@
+"""The weak-label recipes: named configurations of a run, from the seed's to the oracle.
+
+Image labels say what an image shows; a cell of the image may show any part of it or nothing.
+Each recipe is a different answer to "which label does a cell train on":
+
+========================  ===================================================================
+``seed-ce``               cells of single-label images, each with its image's label; softmax
+                          cross-entropy (the seed project's recipe)
+``seed-ce-triplet``       the same, plus a triplet loss on mined triplets
+``balanced``              every cell with all its image's labels (multi-hot), BCE + multi-label
+                          triplets, class-balanced batches
+``mil``                   the cells of an image form a bag: a cell-level BCE plus an
+                          image-level BCE on the bag's log-sum-exp pooled logits, batches of
+                          whole images
+``pseudo``                ``balanced``, then a second round trained on cell pseudo-labels: a
+                          cell keeps an image label where round one supports it, and a cell
+                          with none supported becomes Negative
+``fusion``                ``balanced`` with each cell's score blended with its image's (the
+                          maximum over the image's cells) at inference
+``knn``                   ``balanced``'s embeddings classified by a kNN vote of the training
+                          cells instead of the linear head
+``oracle``                every cell with its true labels (synthetic truth only): the ceiling
+========================  ===================================================================
+
+Negative (class 18). Weak labels name Negative only for images where no cell shows anything, so
+a model trained on image labels never learns that a cell of a positive image shows nothing.
+Every recipe therefore scores Negative by the complement rule: a cell's Negative score is the
+larger of the model's own Negative output and ``1 - max`` of its other classes (a cell that
+shows nothing confidently is Negative). ``pseudo`` also trains on it: its round two labels the
+cells with no supported label Negative. :func:`hpa_embed.classify.score_negative` applies the
+rule (``[classify] negative``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ConfigError, LossConfig, RunConfig
+from .labels import NEGATIVE
+
+__all__ = ["Recipe", "RECIPES", "recipe_config", "pseudo_labels", "train_pseudo_round"]
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Recipe:
+    """A weak-label recipe: what it changes in a run's config.
+
+    Attributes
+    ----------
+    name : str
+    summary : str
+        One line for tables.
+    configure : callable
+        ``RunConfig -> RunConfig``: the recipe's sections on top of a base run (which keeps its
+        input, crops, model, optimisation and evaluation settings).
+    """
+
+    name: str
+    summary: str
+    configure: Callable[[RunConfig], RunConfig]
+
+
+def _sections(data: dict, loss: dict, classify: dict, train: dict | None = None) -> Callable:
+    def configure(base: RunConfig) -> RunConfig:
+        return base.replace(
+            data=dataclasses.replace(base.data, **data),
+            loss=dataclasses.replace(LossConfig(), **loss),
+            train=dataclasses.replace(base.train, **(train or {})),
+            classify=dataclasses.replace(base.classify, **classify),
+        )
+
+    return configure
+
+
+_SINGLE = {"label_mode": "single_label", "sampler": "shuffle"}
+_WEAK = {"label_mode": "image_labels", "sampler": "balanced"}
+_BCE_TRIPLET = {"classification": "bce", "metric": "triplet", "miner": "semihard", "multilabel_mining": True}
+
+#: The recipes by name, in the order of the quality table.
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
+    Recipe("seed-ce", "single-label images, cell = image label, CE",
+           _sections(_SINGLE, {"classification": "ce", "metric": None}, {"methods": ("head",)})),
+    Recipe("seed-ce-triplet", "the same, CE + triplet",
+           _sections(_SINGLE, {"classification": "ce", "metric": "triplet", "miner": "semihard"},
+                     {"methods": ("head",)})),
+    Recipe("balanced", "all cells, image labels, BCE + multi-label triplet, balanced batches",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)})),
+    Recipe("mil", "bags of an image's cells: cell BCE + image BCE on LSE-pooled logits",
+           _sections({"label_mode": "image_labels", "sampler": "images"},
+                     {**_BCE_TRIPLET, "mil_weight": 1.0, "mil_pooling": "lse"}, {"methods": ("head",)})),
+    Recipe("pseudo", "balanced, then a round on cell pseudo-labels (unsupported -> Negative)",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, {"pseudo_rounds": 1})),
+    Recipe("fusion", "balanced, cell score blended with its image's at inference",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",), "fusion_weight": 0.5})),
+    Recipe("knn", "balanced embeddings, kNN vote of the training cells",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("knn",)})),
+    Recipe("oracle", "every cell with its true labels (synthetic truth): the ceiling",
+           _sections({"label_mode": "true_labels", "sampler": "balanced"}, _BCE_TRIPLET,
+                     {"methods": ("head",), "knn_labels": "true_labels"})),
+)}
+
+
+def recipe_config(name: str, base: RunConfig | None = None) -> RunConfig:
+    """The run config of recipe ``name`` on top of ``base`` (default ``RunConfig()``)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name].configure(base or RunConfig())
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+
+
+def pseudo_labels(
+    image_labels: np.ndarray,
+    probabilities: np.ndarray,
+    image_ids: np.ndarray,
+    support: float = 0.5,
+    negative: int = NEGATIVE,
+) -> np.ndarray:
+    """Cell labels from image labels and a model's cell probabilities.
+
+    A cell keeps a label of its image when the model supports it there: its probability of that
+    class reaches ``support`` times the highest probability of the class among the image's
+    cells (relative within the image, so a model that is uncertain everywhere still ranks the
+    cells). A cell with no supported label becomes Negative.
+
+    Parameters
+    ----------
+    image_labels : bool ``[N, K]``
+        Each cell's image labels (multi-hot).
+    probabilities : float ``[N, K]``
+        The round-one model's cell probabilities.
+    image_ids : array-like ``[N]``
+        Each cell's image.
+    support : float in (0, 1]
+    negative : int
+
+    Returns
+    -------
+    bool ``[N, K]``
+    """
+    if not 0 < support <= 1:
+        raise ValueError(f"support={support!r} must lie in (0, 1]")
+    image_labels = np.asarray(image_labels, dtype=bool)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    _, image_index = np.unique(np.asarray(image_ids, dtype=object), return_inverse=True)
+    image_max = np.zeros((image_index.max() + 1, probabilities.shape[1]))
+    np.maximum.at(image_max, image_index, probabilities)
+    supported = image_labels & (probabilities >= support * image_max[image_index])
+    supported[:, negative] |= image_labels[:, negative]
+    supported[~supported.any(axis=1), negative] = True
+    return supported
+
+
+def train_pseudo_round(
+    store, out: str | os.PathLike, config: RunConfig, checkpoint: str | os.PathLike,
+    support: float = 0.5, progress: bool = True,
+):
+    """Label the training and validation cells with :func:`pseudo_labels` of ``checkpoint``'s
+    model and train a new model on them into ``out`` (a :func:`~hpa_embed.train.fit` run).
+
+    Returns the :class:`~hpa_embed.train.FitResult` of the new round.
+    """
+    from .classify import head_probabilities
+    from .embed import embed_store
+    from .store import CellStore
+    from .train import fit
+
+    store = store if isinstance(store, CellStore) else CellStore.open(store)
+    cells = store.cells
+    weak = cells[cells["split"].isin(["train", "val"])]
+    embedded = embed_store(checkpoint, store, split=None, progress=progress)
+    chosen = embedded.cells["cell_id"].isin(weak["cell_id"]).to_numpy()
+    probabilities = head_probabilities(checkpoint, embedded.X[chosen])
+    image_Y = store.scheme.to_multi_hot([list(v) if v is not None else [] for v in
+                                         embedded.cells["image_labels"][chosen]])
+    labelled = image_Y.any(axis=1)
+    Y = pseudo_labels(image_Y[labelled], probabilities[labelled],
+                      embedded.cells["image_id"].to_numpy()[chosen][labelled], support)
+    labels = pd.Series([None] * len(cells), index=cells["cell_id"], dtype=object)
+    chosen_ids = embedded.cells["cell_id"].to_numpy()[chosen][labelled]
+    labels[chosen_ids] = [np.flatnonzero(row).tolist() for row in Y]
+    log.info("pseudo-labels: %d cells, %.1f%% of them Negative", len(Y), 100 * Y[:, NEGATIVE].mean())
+    data = dataclasses.replace(config.data, label_mode="pseudo_labels")
+    return fit(store, Path(out), config.model, config.loss, data, config.train, resume=True,
+               progress=progress, cells=cells.assign(pseudo_labels=labels.to_numpy()))

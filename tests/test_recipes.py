@@ -1,0 +1,122 @@
+"""The weak-label recipes: each trains through the pipeline, and their rules against hand-made cases."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from hpa_embed.classify import aggregate_images, fuse_scores, predict_cells, score_negative
+from hpa_embed.cli import main
+from hpa_embed.config import (
+    ConfigError,
+    CropConfig,
+    DataConfig,
+    InputConfig,
+    ModelConfig,
+    RunConfig,
+    SplitConfig,
+    TrainConfig,
+    read_config_file,
+    write_config_file,
+)
+from hpa_embed.embed import read_embeddings
+from hpa_embed.pipeline import STAGES, run_pipeline
+from hpa_embed.recipes import RECIPES, pseudo_labels, recipe_config
+
+BASE = RunConfig(
+    input=InputConfig(preset="tiny", n_images=10, seed=4),
+    crop=CropConfig(crop_size=32),
+    split=SplitConfig(fractions=(0.5, 0.2, 0.3)),
+    model=ModelConfig(arch="resnet18", crop_size=32, embedding_dim=16),
+    data=DataConfig(batch_size=8, m_per_class=2, batches_per_epoch=2),
+    train=TrainConfig(epochs=1),
+)
+
+
+@pytest.fixture(scope="module")
+def cropped(tmp_path_factory):
+    """A run folder whose input, segment and crop stages are done."""
+    out = tmp_path_factory.mktemp("recipes") / "base"
+    run_pipeline(BASE, out, until_stage="crop", workers=1, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_trains_and_is_scored(cropped, tmp_path, name):
+    out = tmp_path / name
+    shutil.copytree(cropped, out)
+    config = recipe_config(name, BASE)
+    result = run_pipeline(config, out, workers=1, progress=False)
+    assert result.ran == list(STAGES[STAGES.index("train"):])
+    (method,) = config.classify.methods
+    scores = result.evaluation["methods"][method]["scores"]
+    assert set(scores) == {"cell_map", "image_map", "competition_map"}
+    assert all(0 <= value <= 1 for value in scores.values())
+    if name == "pseudo":  # round one on image labels, then the round on pseudo-labels
+        first, last = (read_config_file(out / "train" / path / "config.toml") for path in ("rounds/0", "."))
+        assert (first.data.label_mode, last.data.label_mode) == ("image_labels", "pseudo_labels")
+        assert read_embeddings(out / "embeddings").meta["checkpoint"].endswith("train/checkpoints/best")
+
+
+def test_recipes_set_what_they_say():
+    assert recipe_config("seed-ce").data.label_mode == "single_label"
+    seed = recipe_config("seed-ce")
+    assert seed.loss.classification == "ce" and seed.loss.metric is None
+    assert recipe_config("seed-ce-triplet").loss.metric == "triplet"
+    assert recipe_config("balanced").data.sampler == "balanced"
+    assert recipe_config("mil").loss.mil_weight > 0 and recipe_config("mil").data.sampler == "images"
+    assert recipe_config("pseudo").train.pseudo_rounds == 1
+    assert recipe_config("fusion").classify.fusion_weight == 0.5
+    assert recipe_config("knn").classify.methods == ("knn",)
+    assert recipe_config("oracle").data.label_mode == "true_labels"
+    # the base run's own settings stay
+    assert recipe_config("mil", BASE).train.epochs == 1 and recipe_config("mil", BASE).crop.crop_size == 32
+    with pytest.raises(ConfigError, match="unknown recipe 'best'"):
+        recipe_config("best")
+
+
+def test_run_with_a_recipe_from_the_shell(cropped, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(cropped, out)
+    config = write_config_file(tmp_path / "run.toml", BASE)
+    assert main(["run", str(config), "--recipe", "fusion", "--out", str(out), "--no-progress", "-q"]) == 0
+    assert "stages run: train, embed, index, classify, evaluate" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(config), "--recipe", "nope", "--out", str(out)])
+    assert info.value.code == 2
+
+
+def test_pseudo_labels_keep_supported_image_labels_and_make_the_rest_negative():
+    image_labels = np.zeros((4, 19), dtype=bool)
+    image_labels[:3, [0, 16]] = True  # image a: nucleoplasm + cytosol, three cells
+    image_labels[3, 5] = True  # image b: nuclear bodies, one cell
+    probabilities = np.zeros((4, 19))
+    probabilities[:3, 0] = [0.8, 0.5, 0.1]  # class 0: max 0.8 -> supported from 0.4 on
+    probabilities[:3, 16] = [0.1, 0.9, 0.2]  # class 16: max 0.9 -> from 0.45 on
+    probabilities[:3, 7] = 0.99  # not an image label: never kept
+    probabilities[3, 5] = 0.01  # the image's only cell carries its label
+    Y = pseudo_labels(image_labels, probabilities, ["a", "a", "a", "b"], support=0.5)
+    assert [np.flatnonzero(row).tolist() for row in Y] == [[0], [0, 16], [18], [5]]
+    with pytest.raises(ValueError, match="support"):
+        pseudo_labels(image_labels, probabilities, ["a"] * 4, support=0)
+
+
+def test_score_negative_is_the_complement_of_the_most_confident_other_class():
+    probabilities = np.array([[0.9] + [0.0] * 17 + [0.05], [0.2] + [0.1] * 17 + [0.3]])
+    scored = score_negative(probabilities)
+    np.testing.assert_allclose(scored[:, 18], [max(0.05, 1 - 0.9), max(0.3, 1 - 0.2)], rtol=1e-6)
+    np.testing.assert_array_equal(scored[:, :18], probabilities[:, :18].astype(np.float32))
+    assert probabilities[1, 18] == 0.3  # a copy
+
+
+def test_predict_cells_fuses_with_the_image_maximum(cropped, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(cropped, out)
+    run_pipeline(BASE, out, until_stage="embed", workers=1, progress=False)
+    embedded = read_embeddings(out / "embeddings")
+    plain = predict_cells(embedded, "head", negative="model")
+    fused = predict_cells(embedded, "head", negative="model", fusion_weight=0.25)
+    images, image_scores = aggregate_images(plain, embedded.cells["image_id"])
+    index = np.searchsorted(images, embedded.cells["image_id"].to_numpy())
+    np.testing.assert_allclose(fused, 0.75 * plain + 0.25 * image_scores[index], rtol=1e-6)
+    np.testing.assert_allclose(fuse_scores(plain, image_scores, index, 0.25), fused, rtol=1e-6)
