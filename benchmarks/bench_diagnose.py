@@ -43,6 +43,8 @@ VARIANTS = {
     "bce-prior-bias": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"),
                        {"classifier_bias": "prior"}),
     "bce-lr3e-3": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"), {"lr": 3e-3}),
+    # softmax cross-entropy against each cell's label distribution Y / |Y|, on every cell
+    "ce-all": ("all", CE, DataConfig(label_mode="true_labels", sampler="shuffle"), {}),
 }
 
 
@@ -59,7 +61,9 @@ def single_label_copy(store_path: Path, out: Path) -> Path:
 def run(store_path: Path, out: Path, args, loss: LossConfig, data: DataConfig, overrides: dict) -> float:
     store = CellStore.open(store_path)
     model = ModelConfig(arch="resnet18", in_chans=4, crop_size=args.crop_size)
-    train = TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle", seed=args.seed)
+    # the variants start from PyTorch's zero-mean classifier bias; bce-prior-bias changes only that
+    train = TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle", seed=args.seed,
+                        classifier_bias="zero")
     train = dataclasses.replace(train, **overrides)
     data = dataclasses.replace(data, batch_size=args.batch)
     result = fit(store, out, model, loss, data, train, progress=False)

@@ -62,15 +62,23 @@ def shared_run(base: RunConfig, out: Path) -> RunPaths:
     return RunPaths(out, base)
 
 
-def recipe_folder(shared: RunPaths, out: Path) -> None:
-    """A run folder that shares the data, masks and store of ``shared`` (its stages done)."""
+def recipe_folder(shared: RunPaths, out: Path, trained: Path | None = None) -> None:
+    """A run folder that shares the data, masks and store of ``shared`` (its stages done), and
+    with ``trained`` (a run of the same training sections) its model, embeddings and index too:
+    the pipeline then only classifies and evaluates again."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "masks", "store"):
+    folders, stages = ("data", "masks", "store"), SHARED_STAGES
+    if trained is not None:
+        folders, stages = (*folders, "train", "embeddings", "index"), (*stages, "train", "embed", "index")
+    source = {name: (trained if trained is not None and name in ("train", "embeddings", "index")
+                     else shared.out) for name in folders}
+    for name in folders:
         if not (out / name).exists():
-            (out / name).symlink_to((shared.out / name).resolve())
+            (out / name).symlink_to((source[name] / name).resolve())
     (out / "stages").mkdir(exist_ok=True)
-    for stage in SHARED_STAGES:
-        shutil.copy(shared.record(stage), out / "stages" / f"{stage}.json")
+    for stage in stages:
+        origin = trained if trained is not None and stage in ("train", "embed", "index") else shared.out
+        shutil.copy(origin / "stages" / f"{stage}.json", out / "stages" / f"{stage}.json")
 
 
 def true_mask_store(shared: RunPaths, crop: CropConfig, split: SplitConfig) -> Path:
@@ -182,11 +190,16 @@ def main() -> None:
           f"{test['image_id'].nunique()} test images; {machine()}", file=sys.stderr)
     rows = {"intensity statistics": intensity_model(shared, true_store, args.out / "intensity")}
 
+    folders: dict[str, Path] = {}
+
     def run_recipe(name: str, seed: int) -> dict:
         label = name if seed == 0 else f"{name} (seed {seed})"
         config = recipe_config(name, base.replace(train=dataclasses.replace(base.train, seed=seed)))
         out = args.out / label.replace(" ", "_").replace("(", "").replace(")", "")
-        recipe_folder(shared, out)
+        folders[label] = out
+        # fusion and knn train exactly what balanced trains: they reuse its model
+        reuse = "balanced" if seed == 0 else f"balanced (seed {seed})"
+        recipe_folder(shared, out, folders.get(reuse) if name in ("fusion", "knn") else None)
         begun = time.perf_counter()
         result = run_pipeline(config, out, progress=False)
         (method,) = config.classify.methods

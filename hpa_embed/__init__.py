@@ -77,6 +77,7 @@ _PUBLIC = {
     "run_pipeline": "pipeline",
     "load_named_config": "pipeline",
     "stage_status": "pipeline",
+    "MapConfig": "config",
     # model, losses, training, embeddings
     "CellEmbeddingModel": "models",
     "create_model": "models",
@@ -124,6 +125,18 @@ _PUBLIC = {
     "plot_confusion_matrices": "visualise",
     "plot_lr_find": "visualise",
     "plot_evaluation": "visualise",
+    "draw_cell_maps": "visualise",
+    "write_cell_map": "visualise",
+    "cell_map_from_store": "visualise",
+    "plot_training_curves": "visualise",
+    "plot_class_ap": "visualise",
+    "plot_cell_gallery": "visualise",
+    "plot_top_cells": "visualise",
+    "plot_neighbours": "visualise",
+    "overlay_masks": "visualise",
+    "UMAPProjector": "visualise",
+    "plot_map": "visualise",
+    "plot_class_panels": "visualise",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -47,6 +47,9 @@ def _print_run(result) -> None:
             print(f"  {method}: {scores['cells']} cells of {scores['images']} images: {figures}")
         if evaluation.get("note"):
             print(f"  note: {evaluation['note']}")
+    maps = summaries.get("map", {})
+    if maps.get("enabled"):
+        print(f"maps in {result.paths.maps}/; the interactive cell map: {maps['files']['interactive']}")
     print(f"results in {result.paths.out}/ (evaluation/summary.json, stages/*.json)")
 
 
@@ -134,7 +137,8 @@ def _run_segment(args: argparse.Namespace) -> int:
                            nuclei_model=args.nuclei_model, cell_model=args.cell_model, device=args.device,
                            mask_format=args.format)
     report = segment_directory(args.images, args.out, create_segmenter(config), workers=args.workers,
-                               mask_format=config.mask_format, progress=not args.no_progress)
+                               mask_format=config.mask_format, progress=not args.no_progress,
+                               overlay=args.overlay)
     print(report)
     for image_id, reason in report.failed.items():
         print(f"  failed {image_id}: {reason}")
@@ -220,6 +224,8 @@ def _run_search(args: argparse.Namespace) -> int:
 
     from .index import CellIndex, neighbours_table
 
+    if args.montage and not (args.store and args.cell and len(args.cell) == 1):
+        raise HpaEmbedError("--montage needs one --cell and the --store that holds the crops")
     index = CellIndex.load(args.index)
     if args.nprobe is not None:
         index.nprobe = args.nprobe
@@ -230,12 +236,32 @@ def _run_search(args: argparse.Namespace) -> int:
         scores, cell_ids = index.search(np.load(args.query, allow_pickle=False), args.k)
         names = list(range(len(scores)))
     table = neighbours_table(names, scores, cell_ids)
+    store = None
+    if args.store:
+        from .store import CellStore
+        from .visualise.galleries import describe_cells
+
+        store = CellStore.open(args.store)
+        described = describe_cells(store.cells, table["cell_id"].tolist(), store.scheme)
+        table.insert(3, "image_id", described["image_id"].to_numpy())
+        table.insert(4, "labels", described["labels"].to_numpy())
     if args.out:
         with atomic_path(Path(args.out)) as tmp:
             table.to_csv(tmp, index=False)
         print(f"wrote {len(table)} neighbours to {args.out}")
+    elif store is not None:
+        for query in describe_cells(store.cells, args.cell or [], store.scheme).itertuples(index=False):
+            print(f"query {query.cell_id}: image {query.image_id}, labels {query.labels}")
+        print(_format_table(table))
+        print("labels: the cells' true labels where the store has them, else their image's labels")
     else:
         print(table.to_string(index=False))
+    if args.montage:
+        from .visualise import plot_neighbours
+
+        score_name = "cosine" if index.metric == "cosine" else "sq. L2"
+        plot_neighbours(store, args.cell[0], cell_ids[0], scores[0], args.montage, score_name=score_name)
+        print(f"wrote {args.montage}")
     return 0
 
 
@@ -276,6 +302,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         plot_evaluation(args.out)
         print(f"tables and figures in {args.out}")
+    return 0
+
+
+def _run_map(args: argparse.Namespace) -> int:
+    from .visualise import UMAPProjector, draw_cell_maps
+
+    projector = UMAPProjector(n_neighbors=args.umap_neighbors, min_dist=args.min_dist)
+    written = draw_cell_maps(args.embeddings, args.store, args.out, index=args.index,
+                             predictions=args.predictions, n_neighbors=args.neighbours, projector=projector,
+                             interactive=not args.no_interactive, progress=not args.no_progress)
+    for name, path in written.items():
+        print(f"wrote {path}" + (" (open it in a browser)" if name == "interactive" else ""))
     return 0
 
 
@@ -389,7 +427,8 @@ def get_parser() -> argparse.ArgumentParser:
                   ("workers", "progress", "device"),
                   description="Write <out>/<ID>_cellmask.png and <ID>_nucleimask.png (16-bit label images: "
                   "pixel value = cell id, 0 = background; nucleus id == cell id) for every field; fields "
-                  "already done are skipped, unreadable ones reported.")
+                  "already done are skipped, unreadable ones reported. With --overlay also "
+                  "<ID>_overlay.png, an RGB picture to look at (the masks stay label images).")
     segment.add_argument("images", help="directory of <ID>_<channel> images")
     segment.add_argument("--out", required=True, help="directory for the masks")
     segment.add_argument("--segmenter", choices=("classical", "hpacellseg"), default="classical")
@@ -397,6 +436,9 @@ def get_parser() -> argparse.ArgumentParser:
     segment.add_argument("--format", choices=("png", "npz"), default="png", help="mask file format")
     segment.add_argument("--nuclei-model", help="hpacellseg: nucleus model weights file")
     segment.add_argument("--cell-model", help="hpacellseg: cell model weights file")
+    segment.add_argument("--overlay", action="store_true",
+                         help="also write <ID>_overlay.png: cell (white) and nucleus (cyan) outlines on the "
+                         "RGBY composite, beside the masks")
     segment.set_defaults(device="cpu")
 
     crop = add("crop", _run_crop, "cut every cell out into a CellStore (resumable, appendable)", ("workers",),
@@ -460,7 +502,9 @@ def get_parser() -> argparse.ArgumentParser:
 
     search = add("search", _run_search, "find the cells most similar to given cells or embeddings",
                  description="Nearest neighbours from an index: of indexed cells (--cell) or of query "
-                 "embeddings (--query, a float32 [n, D] .npy). Prints or writes query, rank, cell_id, score.")
+                 "embeddings (--query, a float32 [n, D] .npy). Prints or writes query, rank, cell_id, score; "
+                 "with --store also each cell's image_id and labels (class names: true labels where the "
+                 "store has them, else the image's). --montage draws the query cell beside its neighbours.")
     search.add_argument("index", help="index directory (hpa-embed index)")
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--cell", nargs="+", help="cell ids in the index")
@@ -468,6 +512,9 @@ def get_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="neighbours per query")
     search.add_argument("--nprobe", type=int, help="IVF lists searched per query")
     search.add_argument("--out", help="write the neighbours as CSV")
+    search.add_argument("--store", help="the CellStore of the indexed cells: adds image and labels")
+    search.add_argument("--montage", help="PNG of the query cell and its k neighbours (one --cell; "
+                        "needs --store)")
 
     classify = add("classify", _run_classify, "per-cell class probabilities by the linear head or kNN",
                    description="Write <out>/probabilities.npy (float32 [N, 19]), <out>/cells.parquet and "
@@ -503,6 +550,21 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=float, default=0.5, help="for precision/recall")
     evaluate.add_argument("--iou", type=float, default=0.6, help="mask IoU of a match")
     evaluate.add_argument("--out", help="directory for the tables and figures")
+
+    cell_map = add("map", _run_map, "UMAP maps of a run's cells: PNG maps and the interactive cell map",
+                   ("progress",),
+                   description="Project the cells of an embeddings directory with UMAP (its kNN graph from "
+                   "the FAISS index) and write coordinates.npy, map_*.png (by class, image, prediction, "
+                   "correctness), class_panels.png and interactive/index.html, which opens from disk.")
+    cell_map.add_argument("embeddings", help="embeddings directory (hpa-embed embed)")
+    cell_map.add_argument("--store", required=True, help="their CellStore (thumbnails)")
+    cell_map.add_argument("--out", required=True, help="the map folder")
+    cell_map.add_argument("--index", help="FAISS index of the same embeddings (default: built)")
+    cell_map.add_argument("--predictions", help="predictions directory: colour by prediction and correctness")
+    cell_map.add_argument("--neighbours", type=int, default=10, help="neighbours listed per clicked cell")
+    cell_map.add_argument("--umap-neighbors", type=int, default=15, help="UMAP n_neighbors")
+    cell_map.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
+    cell_map.add_argument("--no-interactive", action="store_true", help="PNG maps only")
 
     submit = add("submit", _run_submit, "write a Kaggle submission CSV from per-cell predictions",
                  ("progress",),

@@ -369,6 +369,9 @@ def build_store(
         Passed to :func:`assign_splits`.
     """
     images_dir, masks_dir, out = Path(images_dir), Path(masks_dir), Path(out)
+    for directory, what in ((images_dir, "images"), (masks_dir, "masks")):
+        if not directory.is_dir():  # refuse before a store is created
+            raise DataError(directory, f"{what}: not a directory")
     scheme = labels.scheme if isinstance(labels, LabelTable) else None
     table = read_labels(labels) if labels is not None and not isinstance(labels, LabelTable) else labels
     if table is not None:

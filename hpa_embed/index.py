@@ -42,9 +42,11 @@ from tqdm.auto import tqdm
 
 from .config import IndexConfig
 from .index_format import extract_ivf, faiss_metric, load_index_files, on_disk_invlists, save_index_files
+from .io import HpaEmbedError
 
 __all__ = [
     "CellIndex",
+    "UnknownCellError",
     "index_embeddings",
     "neighbours_table",
     "resolve_kind",
@@ -156,6 +158,18 @@ def _new_faiss_index(kind: str, dimension: int, config: IndexConfig, nlist: int)
 
 
 # --------------------------------------------------------------------------- the index
+
+
+class UnknownCellError(HpaEmbedError, KeyError):
+    """A cell id that the index does not hold."""
+
+    def __init__(self, cell_id: object, n_cells: int):
+        super().__init__(cell_id)
+        self.cell_id = cell_id
+        self.n_cells = n_cells
+
+    def __str__(self) -> str:
+        return f"cell id {self.cell_id!r} is not among the {self.n_cells} cells of the index"
 
 
 class CellIndex:
@@ -415,14 +429,15 @@ class CellIndex:
         return self._row_of
 
     def rows_of(self, cell_ids: str | Sequence[str]) -> np.ndarray:
-        """Rows (int64) of cell ids, a scalar for one id; ``KeyError`` naming an unknown id."""
+        """Rows (int64) of cell ids, a scalar for one id; :class:`UnknownCellError` (a
+        ``KeyError``) naming an unknown id."""
         row_of = self._row_lookup()
         single = isinstance(cell_ids, str)
         try:
             rows = np.array([row_of[cell_id] for cell_id in ([cell_ids] if single else cell_ids)],
                             dtype=np.int64)
         except KeyError as error:
-            raise KeyError(f"cell id {error.args[0]!r} is not in the index") from None
+            raise UnknownCellError(error.args[0], len(self)) from None
         return rows[0] if single else rows
 
     # ----------------------------------------------------------------------- search

@@ -135,12 +135,19 @@ def _weight_tensor(class_weights, like: torch.Tensor) -> torch.Tensor | None:
 
 
 def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor, class_weights=None) -> torch.Tensor:
-    """Softmax cross-entropy, ``logits`` float ``[N, K]``, ``y`` int64 ``[N]``.
+    """Softmax cross-entropy, ``logits`` float ``[N, K]``, ``y`` int64 ``[N]`` or multi-hot ``[N, K]``.
 
-    With ``class_weights`` ``[K]``: the weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``
-    (torch's convention).
+    Multi-hot targets become the label distribution ``Y / |Y|`` (each of a cell's labels an
+    equal share; a row without labels counts nothing). With ``class_weights`` ``[K]`` and int
+    ``y``: the weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` (torch's convention); with
+    multi-hot targets each class's term is scaled by its weight.
     """
-    return F.cross_entropy(logits, y, weight=_weight_tensor(class_weights, logits))
+    weight = _weight_tensor(class_weights, logits)
+    if y.ndim == 1:
+        return F.cross_entropy(logits, y, weight=weight)
+    Y = y.to(logits.dtype)
+    share = Y / Y.sum(dim=1, keepdim=True).clamp(min=1)
+    return F.cross_entropy(logits, share, weight=weight)
 
 
 def binary_cross_entropy_loss(logits: torch.Tensor, Y: torch.Tensor, class_weights=None) -> torch.Tensor:
@@ -531,10 +538,6 @@ class CombinedLoss(nn.Module):
     def _classification(self, logits: torch.Tensor, target: torch.Tensor, multi_hot: bool) -> torch.Tensor:
         kind, weights = self.config.classification, self.class_weights
         if kind == "ce":
-            if multi_hot:
-                raise ValueError(
-                    "classification='ce' needs int labels y [N]; use 'bce' or 'focal' for multi-hot Y"
-                )
             return cross_entropy_loss(logits, target, weights)
         if kind == "focal" and not multi_hot:
             return softmax_focal_loss(logits, target, self.config.gamma, weights)

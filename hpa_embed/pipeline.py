@@ -14,6 +14,7 @@ An output folder holds one subfolder per stage and the records that say what mad
     <out>/predictions/<method>/ classify: probabilities.npy, cells.parquet, images.csv
     <out>/evaluation/           evaluate: summary.json, per method cell_ap.csv, per_class.csv,
                                 images_ap.csv, submission.csv and competition_ap.csv
+    <out>/maps/                 map: UMAP coordinates, PNG maps, interactive/index.html
     <out>/stages/<stage>.json   what produced each stage: its config sections, a fingerprint of
                                 them and of the stages before it, start and end times, a summary
 
@@ -52,7 +53,8 @@ __all__ = ["STAGES", "RunPaths", "PipelineResult", "run_pipeline", "stage_status
 log = logging.getLogger(__name__)
 
 #: The stages, in order.
-STAGES: tuple[str, ...] = ("input", "segment", "crop", "train", "embed", "index", "classify", "evaluate")
+STAGES: tuple[str, ...] = ("input", "segment", "crop", "train", "embed", "index", "classify", "evaluate",
+                           "map")
 
 #: Config sections each stage reads (besides what the stages before it read).
 _READS: dict[str, tuple[str, ...]] = {
@@ -64,6 +66,7 @@ _READS: dict[str, tuple[str, ...]] = {
     "index": ("index",),
     "classify": ("classify",),
     "evaluate": ("evaluate",),
+    "map": ("map",),
 }
 
 #: Configs shipped with the package (``hpa_embed/configs/<name>.toml``).
@@ -142,6 +145,10 @@ class RunPaths:
     def evaluation(self) -> Path:
         return self.out / "evaluation"
 
+    @property
+    def maps(self) -> Path:
+        return self.out / "maps"
+
     def stage_dirs(self, stage: str) -> list[Path]:
         """The folders a stage writes (removed before it reruns from scratch)."""
         return {
@@ -153,6 +160,7 @@ class RunPaths:
             "index": [self.index],
             "classify": [self.out / "predictions"],
             "evaluate": [self.evaluation],
+            "map": [self.maps],
         }[stage]
 
     def record(self, stage: str) -> Path:
@@ -345,6 +353,9 @@ def _stage_train(paths: RunPaths, workers: int | None, progress: bool) -> dict:
     for folder in folders[1:]:
         result = train_pseudo_round(paths.store, folder, config, result.checkpoint,
                                     support=config.train.pseudo_support, progress=progress)
+    from .visualise import plot_training_curves
+
+    plot_training_curves(result.history, paths.train / "training_curves.png")
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
     return {"checkpoint": result.checkpoint, "epochs": len(result.history),
             "last_epoch": {key: value for key, value in last.items() if isinstance(value, (int, float))}}
@@ -407,6 +418,20 @@ def _stage_evaluate(paths: RunPaths, workers: int | None, progress: bool) -> dic
     return summary
 
 
+def _stage_map(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+    config = paths.config.map
+    if not config.enabled:
+        return {"enabled": False}
+    from .visualise import UMAPProjector, draw_cell_maps
+
+    method = config.method or paths.config.classify.methods[0]
+    projector = UMAPProjector(n_neighbors=config.n_neighbors, min_dist=config.min_dist)
+    written = draw_cell_maps(paths.embeddings, paths.store, paths.maps, index=paths.index,
+                             predictions=paths.predictions(method), n_neighbors=config.neighbours,
+                             projector=projector, interactive=config.interactive, progress=progress)
+    return {"enabled": True, "method": method, "files": {name: str(path) for name, path in written.items()}}
+
+
 _RUNNERS: dict[str, Callable[[RunPaths, int | None, bool], dict]] = {
     "input": _stage_input,
     "segment": _stage_segment,
@@ -416,6 +441,7 @@ _RUNNERS: dict[str, Callable[[RunPaths, int | None, bool], dict]] = {
     "index": _stage_index,
     "classify": _stage_classify,
     "evaluate": _stage_evaluate,
+    "map": _stage_map,
 }
 
 

@@ -204,6 +204,8 @@ class _Runner:
         return output, total, parts
 
 
+#: History columns shown on the progress bar of :func:`fit`.
+_SHOWN = ("train_total", "val_total", "val_macro_ap")
 _COMPONENTS = ("cls", "metric", "mil", "total")
 
 
@@ -450,6 +452,9 @@ def fit(
 
     runner = _Runner(None, criterion, model_config, train_config, data_config, context.device)
     frozen = None
+    # one line that stays: the epochs done and the last epoch's figures, without logging set up
+    epochs_bar = tqdm(total=train_config.epochs, initial=start_epoch, desc="fit", unit="epoch",
+                      disable=not (progress and context.is_main))
     for epoch in range(start_epoch, train_config.epochs):
         if bad_epochs >= (train_config.early_stopping_patience or math.inf):
             break
@@ -475,6 +480,8 @@ def fit(
             epoch + 1,
             ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
+        epochs_bar.set_postfix({name: f"{row[name]:.3g}" for name in _SHOWN if name in row}, refresh=False)
+        epochs_bar.update()
         rng_states = all_gather_rows(torch.get_rng_state()[None], context)
         if context.is_main:
             extra = {
@@ -506,6 +513,7 @@ def fit(
         if context.world_size > 1:
             dist.barrier()
 
+    epochs_bar.close()
     best = out / "checkpoints" / "best"
     network_model.eval()
     return FitResult(pd.DataFrame(history), best if best.exists() else last, network_model)

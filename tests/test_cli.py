@@ -102,7 +102,7 @@ def test_run_and_demo_configs_from_the_shell(tmp_path, capsys):
         '[input]\npreset = "tiny"\nn_images = 6\n[split]\nfractions = [0.5, 0.2, 0.3]\n'
         '[model]\narch = "resnet18"\ncrop_size = 32\nembedding_dim = 16\n'
         '[data]\nlabel_mode = "image_labels"\nbatch_size = 8\nm_per_class = 2\nbatches_per_epoch = 1\n'
-        '[train]\nepochs = 1\n[classify]\nmethods = ["head"]\n'
+        '[train]\nepochs = 1\n[classify]\nmethods = ["head"]\n[map]\nenabled = false\n'
     )
     out = tmp_path / "out"
     quiet = ["--workers", "1", "--no-progress"]
@@ -112,7 +112,8 @@ def test_run_and_demo_configs_from_the_shell(tmp_path, capsys):
     assert "segmentation against the true masks: cell F1" in printed
     assert main(["run", str(config), "--out", str(out), *quiet, "-q"]) == 0
     printed = capsys.readouterr().out
-    assert "stages run: train, embed, index, classify, evaluate; up to date: input, segment, crop" in printed
+    ran = "stages run: train, embed, index, classify, evaluate, map; up to date: input, segment, crop"
+    assert ran in printed
     assert "evaluation on the test split(s):" in printed and "head:" in printed
     assert (out / "evaluation" / "head" / "confusion_matrices.png").stat().st_size > 5000
 
@@ -138,3 +139,96 @@ def test_a_defect_is_not_reported_as_bad_input(monkeypatch, tmp_path):
     csv.write_text("ID,Label\na,0\n")
     with pytest.raises(ValueError, match="a defect"):
         main(["analyse", str(csv)])
+
+
+def test_trip_ups_of_a_new_user_get_one_clear_line(tiny_dataset, tiny_store_path, tmp_path, capsys):
+    data = str(tiny_dataset)
+    # a missing images or masks folder is refused before any store exists
+    assert main(["crop", "/nonexistent", "--masks", f"{data}/truth", "--out", str(tmp_path / "s1")]) == 2
+    assert "/nonexistent: images: not a directory" in capsys.readouterr().err
+    assert main(["crop", f"{data}/train", "--masks", "/nonexistent", "--out", str(tmp_path / "s2")]) == 2
+    assert "/nonexistent: masks: not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+    # a run folder stands for its best checkpoint
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\narch = "resnet18"\ncrop_size = 32\nembedding_dim = 8\n'
+                      '[data]\nlabel_mode = "image_labels"\nbatch_size = 8\nm_per_class = 2\n'
+                      'batches_per_epoch = 1\n[train]\nepochs = 1\n')
+    run = tmp_path / "run"
+    assert main(["train", "--store", str(tiny_store_path), "--config", str(config), "--out", str(run),
+                 "--no-progress", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["checkpoint-info", str(run)]) == 0
+    assert "resnet18" in capsys.readouterr().out
+    # an unknown cell id is one line, not a traceback
+    assert main(["embed", str(run), "--store", str(tiny_store_path), "--out", str(tmp_path / "e"),
+                 "--no-progress"]) == 0
+    assert main(["index", str(tmp_path / "e"), "--out", str(tmp_path / "i"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "i"), "--cell", "no_such_cell"]) == 2
+    assert "cell id 'no_such_cell' is not among the" in capsys.readouterr().err
+    # the maps of those cells
+    maps = tmp_path / "maps"
+    assert main(["map", str(tmp_path / "e"), "--store", str(tiny_store_path), "--index", str(tmp_path / "i"),
+                 "--out", str(maps), "--neighbours", "3", "--no-progress"]) == 0
+    assert "interactive/index.html (open it in a browser)" in capsys.readouterr().out
+    for name in ("map_class.png", "class_panels.png", "map_image.png"):
+        assert (maps / name).stat().st_size > 5000, name
+    assert (maps / "interactive" / "index.html").is_file()
+
+
+def test_search_with_store_prints_image_labels_score_and_draws_montage(tiny_store_path, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from hpa_embed.index import CellIndex
+    from hpa_embed.store import CellStore
+
+    cells = CellStore.open(tiny_store_path).cells
+    X = np.random.default_rng(0).normal(size=(len(cells), 8)).astype(np.float32)
+    CellIndex.build(X, cells["cell_id"].tolist(), progress=False).save(tmp_path / "index")
+    query = cells["cell_id"].iloc[0]
+    montage = tmp_path / "montage.png"
+    index, store = str(tmp_path / "index"), str(tiny_store_path)
+    assert main(["search", index, "--cell", query, "-k", "4", "--store", store,
+                 "--montage", str(montage)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"query {query}: image {cells['image_id'].iloc[0]}, labels ")
+    assert out[1].split() == ["query", "rank", "cell_id", "image_id", "labels", "score"]
+    rows = out[2:6]
+    for rank, line in enumerate(rows, start=1):
+        assert line.split()[:2] == [query, str(rank)]
+        neighbour = cells.set_index("cell_id").loc[line.split()[2]]
+        assert line.split()[3] == neighbour["image_id"] and float(line.split()[-1]) <= 1
+    assert out[-1] == f"wrote {montage}"
+    with Image.open(montage) as picture:
+        assert picture.width > 1.6 * picture.height  # the query and 4 neighbours side by side, 2 rows
+    assert main(["search", index, "--cell", query, "--out", str(tmp_path / "n.csv"), "--store", store]) == 0
+    columns = pd.read_csv(tmp_path / "n.csv").columns.tolist()
+    assert columns == ["query", "rank", "cell_id", "image_id", "labels", "score"]
+    capsys.readouterr()
+    assert main(["search", index, "--cell", query, "--montage", str(montage)]) == 2
+    assert "--montage needs one --cell and the --store" in capsys.readouterr().err
+
+
+def test_segment_overlay_writes_one_png_per_field(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    ids = ["syn_000002", "syn_000003"]
+    for image_id in ids:
+        for path in (tiny_dataset / "train").glob(f"{image_id}_*"):
+            shutil.copy(path, images)
+    out = tmp_path / "masks"
+    quiet = ["--workers", "1", "--no-progress"]
+    assert main(["segment", str(images), "--out", str(out), "--overlay", *quiet]) == 0
+    assert "2 fields segmented" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*_overlay.png")) == [f"{i}_overlay.png" for i in ids]
+    for image_id in ids:
+        with Image.open(out / f"{image_id}_overlay.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (256, 256)
+        with Image.open(out / f"{image_id}_cellmask.png") as mask:
+            assert mask.mode.startswith("I")  # the masks stay 16-bit label images

@@ -28,7 +28,7 @@ from hpa_embed.synthetic import SyntheticConfig
 
 def test_every_section_is_registered_in_pipeline_order():
     assert list(SECTIONS) == ["input", "segment", "crop", "split", "model", "loss", "data", "train", "index",
-                              "classify", "evaluate"]
+                              "classify", "evaluate", "map"]
     assert [f.name for f in dataclasses.fields(RunConfig)] == list(SECTIONS)
     for cls in SECTIONS.values():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
@@ -100,8 +100,8 @@ def test_errors_name_the_file_table_and_key(tmp_path, text, message):
 
 
 def test_configs_that_cannot_train_are_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="'ce' needs single-label cells.*use 'bce' or 'focal'"):
-        RunConfig(loss=LossConfig(classification="ce"), data=DataConfig(label_mode="image_labels"))
+    with pytest.raises(ConfigError, match="mil_weight > 0 needs multi-hot targets"):
+        RunConfig(loss=LossConfig(mil_weight=1.0), data=DataConfig(label_mode="single_label"))
     with pytest.raises(ConfigError, match="needs 32 classes, the scheme has 19: raise m_per_class"):
         RunConfig(data=DataConfig(batch_size=64, m_per_class=2))
     with pytest.raises(ConfigError, match=r"\[model\] needs channels .*yellow.* \[crop\] stores only"):

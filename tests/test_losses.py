@@ -366,10 +366,14 @@ def test_primary_label_mining_and_class_weights():
         primary_labels(np.zeros((2, 3), bool))
 
 
-def test_combined_loss_rejects_mismatched_targets():
+def test_combined_loss_targets_and_refusals():
     output = ModelOutput(F.normalize(torch.randn(4, 4), dim=1), torch.randn(4, 3))
-    with pytest.raises(ValueError, match="'ce' needs int labels"):
-        CombinedLoss(LossConfig(classification="ce"), 3)(output, torch.ones(4, 3, dtype=torch.bool))
+    # ce with multi-hot targets is the cross-entropy against the label distribution Y / |Y|
+    Y = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    _, parts = CombinedLoss(LossConfig(classification="ce", metric=None), 3)(output, Y)
+    log_p = torch.log_softmax(output.logits, dim=1)
+    by_hand = -(Y.float() / Y.float().sum(1, keepdim=True) * log_p).sum(1).mean()
+    torch.testing.assert_close(parts["cls"], by_hand)
     with pytest.raises(ValueError, match=r"expected int labels \[4\] or multi-hot labels \[4, 3\]"):
         CombinedLoss(LossConfig(), 3)(output, torch.ones(4, 5))
     with pytest.raises(ValueError, match="multi_similarity"):

@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +18,7 @@ from hpa_embed.config import (
     EvaluateConfig,
     InputConfig,
     LossConfig,
+    MapConfig,
     ModelConfig,
     RunConfig,
     SplitConfig,
@@ -33,6 +36,7 @@ TINY = RunConfig(
     data=DataConfig(label_mode="image_labels", batch_size=8, m_per_class=2, batches_per_epoch=2),
     train=TrainConfig(epochs=1),
     classify=ClassifyConfig(methods=("head", "knn"), n_neighbors=3),
+    map=MapConfig(enabled=False),
 )
 
 
@@ -109,10 +113,10 @@ def test_an_interrupted_run_resumes_at_the_stage_it_stopped(tiny_run, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(TINY, out, from_stage="embed", workers=1, progress=False)
     status = stage_status(TINY, out)
-    assert [status[s] for s in STAGES] == ["done"] * 4 + ["partial"] + ["missing"] * 3
+    assert [status[s] for s in STAGES] == ["done"] * 4 + ["partial"] + ["missing"] * 4
     monkeypatch.setitem(pipeline._RUNNERS, "embed", embed_stage)
     result = run_pipeline(TINY, out, workers=1, progress=False)
-    assert result.ran == ["embed", "index", "classify", "evaluate"]
+    assert result.ran == ["embed", "index", "classify", "evaluate", "map"]
     assert result.evaluation == tiny_run[1].evaluation
 
 
@@ -156,14 +160,14 @@ def test_from_and_until_run_a_part(tiny_run, tmp_path):
         run_pipeline(TINY, out, from_stage="train", workers=1, progress=False)
     copied = copy_of(tiny_run, tmp_path)
     result = run_pipeline(TINY, copied, from_stage="classify", workers=1, progress=False)
-    assert result.ran == ["classify", "evaluate"]
+    assert result.ran == ["classify", "evaluate", "map"]
 
 
 def test_scoring_training_cells_is_said(tiny_run, tmp_path):
     out = copy_of(tiny_run, tmp_path)
     result = run_pipeline(TINY.replace(evaluate=EvaluateConfig(split="all", submission=False)), out,
                           workers=1, progress=False)
-    assert result.ran == ["evaluate"]
+    assert result.ran == ["evaluate", "map"]
     assert result.evaluation["scores_training_cells"] is True
     assert "trained on" in result.evaluation["note"]
     n_cells = len(CellStore.open(out / "store").cells)
@@ -184,3 +188,16 @@ def test_shipped_configs_read():
     with pytest.raises(ConfigError, match="no shipped config"):
         load_named_config("nope")
     assert dataclasses.replace(demo.train, epochs=1).epochs == 1
+
+
+def test_the_map_stage_draws_every_map(tiny_run, tmp_path):
+    out = copy_of(tiny_run, tmp_path)
+    config = TINY.replace(map=MapConfig(n_neighbors=5, neighbours=3))
+    result = run_pipeline(config, out, workers=1, progress=False)
+    assert result.ran == ["map"]
+    files = result.summaries["map"]["files"]
+    for name in ("map_class", "class_panels", "map_image", "map_prediction", "map_correct"):
+        assert Path(files[name]).stat().st_size > 5000, name
+    coordinates = np.load(out / "maps" / "coordinates.npy")
+    assert coordinates.shape == (len(CellStore.open(out / "store")), 2) and np.isfinite(coordinates).all()
+    assert (out / "maps" / "interactive" / "index.html").is_file()

@@ -12,6 +12,7 @@ from hpa_embed.config import (
     CropConfig,
     DataConfig,
     InputConfig,
+    MapConfig,
     ModelConfig,
     RunConfig,
     SplitConfig,
@@ -30,6 +31,7 @@ BASE = RunConfig(
     model=ModelConfig(arch="resnet18", crop_size=32, embedding_dim=16),
     data=DataConfig(batch_size=8, m_per_class=2, batches_per_epoch=2),
     train=TrainConfig(epochs=1),
+    map=MapConfig(enabled=False),
 )
 
 

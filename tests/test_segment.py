@@ -156,6 +156,60 @@ def test_confluent_synthetic_field():
     assert cells.f1 >= 0.9 and cells.mean_iou >= 0.72
 
 
+def two_cells_field(gains, border, size=256, seed=0):
+    """Two cells side by side with flat cytoplasm of brightness ``gains`` (left, right), touching
+    along the column ``border`` (µm), nuclei of radius 5 µm at columns 14 and 42 µm (so the
+    middle between them is at 28 µm). No dim line between the cells: only the step of
+    brightness marks the border. Returns the image and the true cell mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.indices((size, size)) * PIXEL
+    body = ((rows - 32) / 13) ** 2 + ((cols - 32) / 27) ** 2 <= 1
+    cells = np.where(body, np.where(cols < border, 1, 2), 0)
+    nuclei = ((rows - 32) ** 2 + (cols - 14) ** 2 <= 25) | ((rows - 32) ** 2 + (cols - 42) ** 2 <= 25)
+    gain = np.array([0.0, *gains], np.float32)[cells]
+    sigma = 0.5 / PIXEL
+    # microtubules dimmer over the nucleus, no ER there: each nucleus is a dark hole in the reference
+    red = ndi.gaussian_filter(gain * np.where(nuclei, 0.6, 1.0), sigma)
+    yellow = ndi.gaussian_filter(gain * 0.8 * ~nuclei, sigma)
+    blue = ndi.gaussian_filter(0.7 * nuclei.astype(np.float32), sigma)
+    image = np.stack([red, 0.3 * red, blue, yellow]) + rng.normal(0, 0.01, (4, size, size))
+    return np.clip(image, 0, 1).astype(np.float32), cells.astype(np.int32)
+
+
+@pytest.mark.parametrize("gains, border", [
+    ((0.8, 0.4), 22.0),  # the dim cell is the larger: a watershed pulled to the middle (28 µm)
+    ((0.4, 0.8), 36.0),  # between the nuclei gave the bright one 9-10 µm of it (F1 0.5 and 0)
+    ((0.8, 0.4), 36.0),
+    ((0.4, 0.8), 22.0),
+])
+def test_border_between_unequal_cells_follows_the_intensity_edge(gains, border):
+    image, true_cells = two_cells_field(gains, border)
+    cell_mask, nucleus_mask = ClassicalSegmenter(pixel_size=PIXEL).segment(image)
+    assert check_masks(cell_mask, nucleus_mask) == 2
+    row = cell_mask[int(32 / PIXEL)]
+    left = row[int(14 / PIXEL)]
+    found = (np.flatnonzero(row == left).max() + 1) * PIXEL
+    assert abs(found - border) <= 1.5, f"border found at {found} µm, true {border} µm"
+    scores = object_f1(true_cells, cell_mask, 0.6)
+    assert scores.f1 == 1.0 and scores.mean_iou > 0.85
+
+
+def test_cell_altitude_raises_a_wall_at_a_step():
+    """The flooded landscape has a ridge where a bright cell meets a dim one (the negated
+    reference alone only steps down from the dim side to the bright one)."""
+    from hpa_embed.segment.classical import _cell_altitude
+
+    reference = np.ones((20, 60), np.float32)
+    reference[:, 30:] = 2.0  # dim (left) | bright (right)
+    plain = _cell_altitude(reference, 0.5, 0.0, 1.0)[10]
+    assert np.all(np.diff(plain) <= 1e-6)  # monotone: no wall
+    walled = _cell_altitude(reference, 0.5, 1.5, 1.0)[10]
+    # the wall stands above the dim side's level, at the step
+    assert walled.max() > walled[5] + 0.1 and abs(int(walled.argmax()) - 29.5) <= 1
+    np.testing.assert_allclose(walled[:20], -1.0, atol=1e-3)
+    np.testing.assert_allclose(walled[40:], -2.0, atol=1e-3)
+
+
 def test_three_channel_field_works():
     image, true_cells, _ = make_field(THREE_CELLS, channels=3)
     cell_mask, nucleus_mask = ClassicalSegmenter(pixel_size=PIXEL).segment(image)

@@ -94,14 +94,6 @@ def test_fit_lowers_the_training_loss(tiny_store_path, tmp_path):
 
 
 def test_fit_refuses_mismatches(tiny_store_path, tmp_path):
-    with pytest.raises(ConfigError, match="classification = 'ce' needs single-label"):
-        fit(
-            tiny_store_path,
-            tmp_path,
-            SMALL,
-            LossConfig(classification="ce"),
-            DataConfig(label_mode="image_labels"),
-        )
     mil = LossConfig(mil_weight=1.0)
     with pytest.raises(ConfigError, match="mil_weight > 0 needs multi-hot targets.*use label_mode = 'image_"):
         fit(tiny_store_path, tmp_path, SMALL, mil, DataConfig(label_mode="single_label"))

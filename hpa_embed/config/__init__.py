@@ -22,7 +22,7 @@ null, so an optional field is written ``"none"`` and ``"none"`` (any case) reads
 
 from .base import ConfigError, ConfigSection
 from .cells import CropConfig, InputConfig, SegmentConfig, SplitConfig
-from .inference import EVALUATION_SPLITS, ClassifyConfig, EvaluateConfig, IndexConfig
+from .inference import EVALUATION_SPLITS, ClassifyConfig, EvaluateConfig, IndexConfig, MapConfig
 from .run import SECTIONS, RunConfig, config_template, read_config_file, to_toml, write_config_file
 from .training import (
     ARCHITECTURES,
@@ -47,6 +47,7 @@ __all__ = [
     "IndexConfig",
     "ClassifyConfig",
     "EvaluateConfig",
+    "MapConfig",
     "EVALUATION_SPLITS",
     "RunConfig",
     "ARCHITECTURES",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .base import ConfigError, ConfigSection, check_choice, check_positive_int, check_unit_interval
 
-__all__ = ["IndexConfig", "ClassifyConfig", "EvaluateConfig", "EVALUATION_SPLITS"]
+__all__ = ["IndexConfig", "ClassifyConfig", "EvaluateConfig", "EVALUATION_SPLITS", "MapConfig"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,39 @@ class EvaluateConfig(ConfigSection):
     @property
     def scores_training_cells(self) -> bool:
         return "train" in self.splits
+
+
+@dataclass(frozen=True)
+class MapConfig(ConfigSection):
+    """The maps of a run's cells (:func:`hpa_embed.visualise.draw_cell_maps`).
+
+    Attributes
+    ----------
+    enabled : bool
+        Draw the maps (UMAP of every cell, PNG maps, the interactive cell map).
+    n_neighbors : int
+        UMAP's neighbourhood size (its kNN graph comes from the FAISS index).
+    min_dist : float
+        UMAP's minimum distance between mapped points.
+    neighbours : int
+        Nearest cells listed for a cell clicked in the interactive map.
+    interactive : bool
+        Write the interactive map (thumbnails of every cell; about 1 kB per cell).
+    method : str or None
+        The classification method whose predictions colour the maps, one of [classify] methods;
+        None takes the first of them.
+    """
+
+    enabled: bool = True
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    neighbours: int = 10
+    interactive: bool = True
+    method: str | None = None
+
+    def __post_init__(self):
+        check_positive_int(self, "n_neighbors", "neighbours")
+        if not 0 <= self.min_dist <= 1:
+            raise ConfigError(f"min_dist={self.min_dist!r} must lie in [0, 1]")
+        check_choice("method", self.method, ("head", "knn", None))
+

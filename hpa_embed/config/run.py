@@ -16,7 +16,7 @@ from typing import Any
 from ..io import DataError, atomic_path
 from .base import ConfigError, ConfigSection, plain_text
 from .cells import CropConfig, InputConfig, SegmentConfig, SplitConfig
-from .inference import ClassifyConfig, EvaluateConfig, IndexConfig
+from .inference import ClassifyConfig, EvaluateConfig, IndexConfig, MapConfig
 from .training import DataConfig, LossConfig, ModelConfig, TrainConfig, check_training_configs
 
 __all__ = ["SECTIONS", "RunConfig", "read_config_file", "write_config_file", "to_toml", "config_template"]
@@ -35,6 +35,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
     "index": IndexConfig,
     "classify": ClassifyConfig,
     "evaluate": EvaluateConfig,
+    "map": MapConfig,
 }
 
 
@@ -58,6 +59,7 @@ class RunConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    map: MapConfig = field(default_factory=MapConfig)
 
     def __post_init__(self):
         for name, cls in SECTIONS.items():
@@ -71,6 +73,9 @@ class RunConfig:
             raise ConfigError(f"[model] needs channels {list(self.model.channels)} but [crop] stores only "
                               f"{list(self.crop.channels)}")
         check_training_configs(self.model, self.loss, self.data)
+        if self.map.method is not None and self.map.method not in self.classify.methods:
+            raise ConfigError(f"[map] method = {self.map.method!r} is not among [classify] methods "
+                              f"{list(self.classify.methods)}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: getattr(self, name).to_dict() for name in SECTIONS}

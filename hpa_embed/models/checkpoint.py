@@ -37,6 +37,7 @@ from ..io import DataError, atomic_path, make_header, parse_header, read_header,
 from ..labels import get_scheme
 
 __all__ = [
+    "find_checkpoint",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "WEIGHTS_FILE",
@@ -146,9 +147,23 @@ def save_checkpoint(
     return directory
 
 
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory ``path`` names: itself, or the best (else last) checkpoint of the
+    training run ``path`` (``<run>/checkpoints/best``), so a run folder can be given where a
+    checkpoint is expected."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    for name in ("best", "last"):
+        if (path / "checkpoints" / name / CONFIG_FILE).is_file():
+            return path / "checkpoints" / name
+    return path  # read_header then says what is missing
+
+
 def read_checkpoint_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
-    """Read only ``config.json`` of a checkpoint -> ``(ModelConfig, extra)``; no weights are read."""
-    path = Path(directory) / CONFIG_FILE
+    """Read only ``config.json`` of a checkpoint (or of a run's best one, :func:`find_checkpoint`)
+    -> ``(ModelConfig, extra)``; no weights are read."""
+    path = find_checkpoint(directory) / CONFIG_FILE
     meta = read_header(path, CHECKPOINT_FORMAT, range(1, CHECKPOINT_VERSION + 1), what="hpa_embed checkpoint")
     try:
         config = ModelConfig.from_dict(meta["model"])
@@ -209,7 +224,7 @@ def load_checkpoint(
 
     from . import create_model
 
-    directory = Path(directory)
+    directory = find_checkpoint(directory)
     config, extra = read_checkpoint_config(directory)
     weights_path = directory / WEIGHTS_FILE
     state, _ = _read_safetensors(weights_path)
@@ -243,7 +258,7 @@ def describe_checkpoint(directory: str | os.PathLike) -> str:
     """A few lines about a checkpoint (config, tensors, parameters) without loading the weights."""
     from safetensors import safe_open
 
-    directory = Path(directory)
+    directory = find_checkpoint(directory)
     config, extra = read_checkpoint_config(directory)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():

@@ -238,7 +238,7 @@ def _noise_sigma(plane: np.ndarray, smoothed: np.ndarray | None = None) -> float
 
 
 def foreground_threshold(
-    smoothed: np.ndarray, raw: np.ndarray, factor: float = 1.0, min_snr: float = 6.0, log: bool = False
+    smoothed: np.ndarray, raw: np.ndarray, factor: float = 1.0, min_snr: float = 6.0
 ) -> float:
     """``factor`` x Otsu's threshold, but never within ``min_snr`` noise sigmas of background.
 
@@ -266,6 +266,4 @@ def foreground_threshold(
     floor = background + max(min_snr * _noise_sigma(raw, smoothed), 1e-4)
     if float(smoothed.max()) <= floor:
         return floor
-    if log:
-        return max(factor * float(np.exp(threshold_otsu(np.log(np.maximum(smoothed, floor / 4))))), floor)
     return max(factor * float(threshold_otsu(smoothed)), floor)

@@ -275,6 +275,45 @@ def split_touching(foreground: np.ndarray, saddle_ratio: float = 0.7, min_depth:
 # --------------------------------------------------------------------------- classical
 
 
+def _cell_altitude(
+    reference: np.ndarray, sigma: float, edge_weight: float, edge_sigma: float, pixel_size: float = 1.0
+) -> np.ndarray:
+    """The landscape the cell watershed floods: the negated smoothed reference plus its edges.
+
+    ``-G_sigma * reference + edge_weight * |grad(G_edge_sigma * reference)|``, the gradient per
+    µm (Sobel, divided by ``pixel_size``). The first term alone leaves the border between a
+    bright and a dim cell to chance: once the water reaches the dim cell's level, both cells
+    flood its flat cytoplasm at once and meet halfway between the step and the dim nucleus.
+    The second raises the step into a wall: a step of height ``h`` blurred over ``s`` µm
+    has a slope of about ``h / (2.5 s)``, so with ``edge_weight`` near ``s`` or above the wall
+    stands above the dim side and the dim cell floods up to it first. Within a cell, where
+    the reference varies slowly, the term adds little.
+
+    Parameters
+    ----------
+    reference : float32 ``[H, W]``
+        The reference channels (red + yellow) at working resolution.
+    sigma, edge_sigma : float
+        Gaussian sigmas (pixels) of the two terms.
+    edge_weight : float
+        Weight (µm) of the gradient term; 0 gives the negated smoothed reference.
+    pixel_size : float
+        µm per pixel, so that ``edge_weight`` is in µm at any resolution.
+
+    Returns
+    -------
+    float32 ``[H, W]``, low inside cells (where their seeds flood first), high at their borders.
+    """
+    from skimage.filters import sobel
+
+    reference = np.asarray(reference, dtype=np.float32)
+    altitude = -ndi.gaussian_filter(reference, sigma)
+    if edge_weight > 0:
+        edges = sobel(ndi.gaussian_filter(reference, edge_sigma))
+        altitude += np.float32(edge_weight / pixel_size) * edges
+    return altitude
+
+
 @dataclass(frozen=True)
 class ClassicalSegmenter:
     """Nuclei by threshold + distance-transform watershed, cells by watershed from the nuclei.
@@ -292,9 +331,14 @@ class ClassicalSegmenter:
        (:func:`split_touching`: two touching round nuclei split, a long or bent one does not).
     2. Cell foreground: red + yellow (red alone for a 3-channel field) smoothed
        (``cell_smoothing``), Otsu x ``cell_threshold``, united with the nuclei.
-    3. Cells: compact watershed of the negated reference, lightly smoothed
-       (``watershed_smoothing``) so the dim line between touching cells survives, seeded by
-       the nuclei.
+    3. Cells: watershed seeded by the nuclei, each grown by ``seed_growth`` (the reference is
+       dark over a nucleus: a seed must reach the bright cytoplasm round it), flooding the
+       negated reference, lightly smoothed (``watershed_smoothing``) so the dim line between
+       touching cells survives, plus ``edge_weight`` x its gradient magnitude (smoothed over
+       ``edge_smoothing``): where a bright cell meets a dim one, the step between them is a
+       wall that the bright cell cannot cross before the dim one has flooded its own flat
+       cytoplasm, so the border lies at the intensity edge rather than between the nuclei.
+       No compactness by default (see ``_cell_altitude``).
        Cytoplasm further than ``orphan_distance`` from every nucleus is seeded too (at its
        local maxima); such a region is merged into a neighbouring cell when no valley separates
        them (saddle >= ``valley_ratio`` x its peak: the far end of the same cell) and dropped
@@ -314,6 +358,12 @@ class ClassicalSegmenter:
     watershed_smoothing : float
         Gaussian sigma (µm) of the reference that the cell watershed floods: finer than
         ``cell_smoothing``, so the dim line between two touching cells is not blurred away.
+    edge_weight, edge_smoothing : float
+        Weight (µm) of the reference's gradient magnitude (per µm) in the flooded landscape, and
+        the Gaussian sigma (µm) it is taken at; 0 floods the negated reference alone.
+    seed_growth : float
+        Distance (µm) by which the nuclei are grown, within the cell foreground, into the
+        watershed's seeds.
     nucleus_threshold, cell_threshold : float
         Multiplier of Otsu's threshold (below 1 keeps dimmer objects).
     split_ratio : float
@@ -330,7 +380,8 @@ class ClassicalSegmenter:
         A seeded stretch of cytoplasm joins a cell unless the saddle between them is below this
         fraction of its peak.
     compactness : float
-        Compact-watershed regularisation (0: plain watershed).
+        Compact-watershed regularisation (0: plain watershed). It pulls the border between two
+        touching cells towards the middle between their nuclei, against the intensity edge.
     boundary_smoothing : float
         Gaussian sigma (µm) of the majority vote that smooths borders between cells.
     """
@@ -345,19 +396,15 @@ class ClassicalSegmenter:
     min_nucleus_area: float = 15.0
     cell_smoothing: float = 1.0
     cell_threshold: float = 0.7
-    watershed_smoothing: float = 0.5
+    watershed_smoothing: float = 0.25
+    edge_weight: float = 0.5
+    edge_smoothing: float = 0.5
+    seed_growth: float = 1.5
     min_cell_area: float = 30.0
     orphan_distance: float = 10.0
     valley_ratio: float = 0.7
-    compactness: float = 0.05
+    compactness: float = 0.0
     boundary_smoothing: float = 1.0
-    edge_weight: float = 0.0
-    edge_smoothing: float = 0.5
-    edge_exclusion: float = 1.0
-    seed_growth: float = 0.0
-    log_threshold: bool = False
-    contrast_scale: float = 0.0
-    contrast_floor: float = 0.05
 
     def resolve_pixel_size(self, image: np.ndarray) -> float:
         """The pixel size (µm) used for ``image``: the fixed one, or measured."""
@@ -390,10 +437,17 @@ class ClassicalSegmenter:
         if image.shape[0] > YELLOW:
             reference += block_mean(image[YELLOW], factor)
         ref_smooth = ndi.gaussian_filter(reference, self.cell_smoothing / work_pixel)
-        ref_threshold = foreground_threshold(ref_smooth, reference, self.cell_threshold, log=self.log_threshold)
+        ref_threshold = foreground_threshold(ref_smooth, reference, self.cell_threshold)
+        altitude = _cell_altitude(
+            reference,
+            self.watershed_smoothing / work_pixel,
+            self.edge_weight,
+            self.edge_smoothing / work_pixel,
+            work_pixel,
+        )
         # cells, plus the regions of unseen cells (ids > n_nuclei), refined together so that
         # the border between a cell and a dropped neighbour is as smooth as between two cells
-        regions = self._cells(nuclei, reference, ref_smooth, ref_threshold, work_pixel)
+        regions = self._cells(nuclei, ref_smooth, ref_threshold, altitude, work_pixel)
         n_nuclei = int(nuclei.max())
         small = np.bincount(regions.ravel()) < self.min_cell_area * area_px
         small[0] = False
@@ -419,20 +473,6 @@ class ClassicalSegmenter:
         cell_mask = np.where(nucleus_mask > 0, nucleus_mask, cell_mask)
         return relabel_masks(cell_mask, nucleus_mask)
 
-    def _altitude(self, reference, nuclei, work_pixel):
-        from skimage.filters import sobel
-
-        altitude = -ndi.gaussian_filter(reference, self.watershed_smoothing / work_pixel)
-        if self.contrast_scale > 0:
-            local = ndi.gaussian_filter(reference, self.contrast_scale / work_pixel)
-            altitude = altitude / np.maximum(local, self.contrast_floor * local.max())
-        if self.edge_weight > 0:
-            edges = sobel(ndi.gaussian_filter(reference, self.edge_smoothing / work_pixel)) / work_pixel
-            rim = ndi.distance_transform_edt(nuclei == 0) * work_pixel <= self.edge_exclusion
-            edges[rim] = 0
-            altitude += self.edge_weight * edges
-        return altitude
-
     def _nuclei(self, foreground: np.ndarray, work_pixel: float, area_px: float) -> np.ndarray:
         foreground = ndi.binary_fill_holes(foreground)
         labels, _ = ndi.label(foreground)
@@ -446,13 +486,13 @@ class ClassicalSegmenter:
     def _cells(
         self,
         nuclei: np.ndarray,
-        reference: np.ndarray,
         ref_smooth: np.ndarray,
         ref_threshold: float,
+        altitude: np.ndarray,
         work_pixel: float,
     ) -> np.ndarray:
         from skimage.feature import peak_local_max
-        from skimage.segmentation import watershed
+        from skimage.segmentation import expand_labels, watershed
 
         foreground = (ref_smooth > ref_threshold) | (nuclei > 0)
         # pinholes in the cytoplasm (smaller than a nucleus) belong to the cell around them
@@ -460,8 +500,7 @@ class ClassicalSegmenter:
         holes = np.bincount(holes.ravel())[holes] < self.min_nucleus_area / work_pixel**2
         foreground |= holes
         n_nuclei = int(nuclei.max())
-        from skimage.segmentation import expand_labels
-        markers = np.where(foreground, expand_labels(nuclei, self.seed_growth / work_pixel), 0) if self.seed_growth > 0 else nuclei.copy()
+        markers = np.where(foreground, expand_labels(nuclei, self.seed_growth / work_pixel), 0)
         n_kept_apart = n_nuclei
         if np.isfinite(self.orphan_distance):
             # each stretch of cytoplasm far from every nucleus gets competing seeds at its
@@ -479,10 +518,14 @@ class ClassicalSegmenter:
                 )
                 rows, cols = np.concatenate(seeds).astype(np.int64).T
                 markers[rows, cols] = n_kept_apart + np.arange(1, len(rows) + 1)
-        altitude = self._altitude(reference, nuclei, work_pixel) / max(ref_threshold, 1e-6)
+        # in units of the threshold, so that the compactness means the same in every field
+        altitude = altitude / max(ref_threshold, 1e-6)
         regions = watershed(altitude, markers, mask=foreground, compactness=self.compactness)
         if regions.max() > n_kept_apart:
-            regions = _merge_unseeded(regions, n_kept_apart, -altitude if (self.edge_weight > 0 or self.contrast_scale > 0) else ref_smooth, self.valley_ratio)
+            # valleys measured on the landscape that was flooded: the step from a bright cell
+            # down to a dim one is then a valley, and a seeded stretch of the dim cell's
+            # cytoplasm joins the dim cell, not the bright one across the step
+            regions = _merge_unseeded(regions, n_kept_apart, -altitude, self.valley_ratio)
         regions = _smooth_labels(regions, self.boundary_smoothing / work_pixel)
         # a nucleus always lies in its own cell
         return np.where(nuclei > 0, nuclei, regions).astype(np.int32)

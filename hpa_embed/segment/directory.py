@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import DataError, list_field_ids, read_field, write_mask
+from ..io import DataError, list_field_ids, read_field, read_mask, write_mask, write_png
 from .base import Segmenter, check_masks
 from .classical import ClassicalSegmenter
 
@@ -27,7 +27,8 @@ class SegmentationReport:
     done : list of str
         Field IDs segmented in this run.
     skipped : list of str
-        Field IDs whose two mask files already existed.
+        Field IDs whose two mask files already existed (and, when overlays were asked for, whose
+        overlay already existed or was drawn from them in this run).
     failed : dict of str to str
         Field ID -> reason, for fields that could not be read or segmented.
     n_cells : dict of str to int
@@ -54,21 +55,38 @@ def mask_paths(out_dir: str | os.PathLike, image_id: str, mask_format: str = "pn
     return (out_dir / f"{image_id}_cellmask.{mask_format}", out_dir / f"{image_id}_nucleimask.{mask_format}")
 
 
+def overlay_path(out_dir: str | os.PathLike, image_id: str) -> Path:
+    """``<out>/<ID>_overlay.png``: the outlines of a field's masks on its composite (RGB, to look at)."""
+    return Path(out_dir) / f"{image_id}_overlay.png"
+
+
 def _segment_one(
-    images_dir: str, out_dir: str, image_id: str, segmenter: Segmenter, mask_format: str
-) -> tuple[str, int | None, str | None]:
-    """Worker: segment one field and write its masks -> (id, n_cells, error or None)."""
+    images_dir: str, out_dir: str, image_id: str, segmenter: Segmenter, mask_format: str,
+    overlay: bool = False,
+) -> tuple[str, int | None, str | None, bool]:
+    """Worker: segment one field and write its masks (and overlay) -> (id, n_cells, error or None,
+    segmented: False when existing masks were only drawn)."""
     try:
         image = read_field(images_dir, image_id)
-        cell_mask, nucleus_mask = segmenter.segment(image)
-        n_cells = check_masks(cell_mask, nucleus_mask, name=image_id)
         cell_path, nucleus_path = mask_paths(out_dir, image_id, mask_format)
-        # nucleus mask first: the cell mask's presence then marks a finished field
-        write_mask(nucleus_path, nucleus_mask)
-        write_mask(cell_path, cell_mask)
-        return image_id, n_cells, None
+        segmented = not (cell_path.is_file() and nucleus_path.is_file())
+        if segmented:
+            cell_mask, nucleus_mask = segmenter.segment(image)
+        else:  # masks from an earlier run, only the overlay is missing
+            cell_mask, nucleus_mask = read_mask(cell_path), read_mask(nucleus_path)
+        n_cells = check_masks(cell_mask, nucleus_mask, name=image_id)
+        if segmented:
+            write_mask(nucleus_path, nucleus_mask)
+        if overlay:
+            from ..visualise.overlays import overlay_masks
+
+            write_png(overlay_path(out_dir, image_id), overlay_masks(image, cell_mask, nucleus_mask))
+        if segmented:
+            # written last: the cell mask's presence marks a finished field
+            write_mask(cell_path, cell_mask)
+        return image_id, n_cells, None, segmented
     except (DataError, ValueError, OSError, RuntimeError) as error:
-        return image_id, None, f"{type(error).__name__}: {error}"
+        return image_id, None, f"{type(error).__name__}: {error}", True
 
 
 def segment_directory(
@@ -79,6 +97,7 @@ def segment_directory(
     mask_format: str = "png",
     progress: bool = True,
     image_ids: Sequence[str] | None = None,
+    overlay: bool = False,
 ) -> SegmentationReport:
     """Segment every field in a directory; write ``<ID>_cellmask`` and ``<ID>_nucleimask``.
 
@@ -101,6 +120,10 @@ def segment_directory(
         Show a tqdm progress bar.
     image_ids : sequence of str or None
         Only these fields (default: every field in ``images_dir``).
+    overlay : bool
+        Also write ``<ID>_overlay.png`` (:func:`overlay_path`): RGB, the cell (white) and nucleus
+        (cyan) outlines on the field's RGBY composite (:func:`hpa_embed.visualise.overlay_masks`).
+        Fields segmented earlier get their overlay drawn from their masks.
 
     Returns
     -------
@@ -113,7 +136,8 @@ def segment_directory(
     report = SegmentationReport()
     todo = []
     for image_id in ids:
-        if all(path.is_file() for path in mask_paths(out_dir, image_id, mask_format)):
+        if all(path.is_file() for path in mask_paths(out_dir, image_id, mask_format)) and not (
+                overlay and not overlay_path(out_dir, image_id).is_file()):
             report.skipped.append(image_id)
         else:
             todo.append(image_id)
@@ -124,14 +148,15 @@ def segment_directory(
     bar = tqdm(total=len(todo), desc="segment", unit="field", disable=not progress)
     try:
         if workers == 1:
-            results = (_segment_one(*args, image_id, segmenter, mask_format) for image_id in todo)
+            results = (_segment_one(*args, image_id, segmenter, mask_format, overlay) for image_id in todo)
             for result in results:
                 _record(report, *result)
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [
-                    pool.submit(_segment_one, *args, image_id, segmenter, mask_format) for image_id in todo
+                    pool.submit(_segment_one, *args, image_id, segmenter, mask_format, overlay)
+                    for image_id in todo
                 ]
                 for future in as_completed(futures):
                     _record(report, *future.result())
@@ -142,8 +167,11 @@ def segment_directory(
     return report
 
 
-def _record(report: SegmentationReport, image_id: str, n_cells: int | None, error: str | None):
-    if error is None:
+def _record(report: SegmentationReport, image_id: str, n_cells: int | None, error: str | None,
+            segmented: bool = True):
+    if error is None and not segmented:
+        report.skipped.append(image_id)
+    elif error is None:
         report.done.append(image_id)
         report.n_cells[image_id] = n_cells
     else:
