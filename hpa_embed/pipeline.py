@@ -160,7 +160,7 @@ class RunPaths:
             "index": [self.index],
             "classify": [self.out / "predictions"],
             "evaluate": [self.evaluation],
-            "map": [self.maps],
+            "map": [self.maps] if self.config.map.enabled else [],
         }[stage]
 
     def record(self, stage: str) -> Path:
@@ -230,12 +230,15 @@ def _json_default(value: Any) -> Any:
 
 def stage_status(config: RunConfig, out: str | os.PathLike) -> dict[str, str]:
     """Per stage: ``"done"`` (up to date), ``"partial"`` (interrupted, will resume),
-    ``"outdated"`` (made with another config, will rerun) or ``"missing"``."""
+    ``"outdated"`` (made with another config, will rerun) or ``"missing"`` (never run, or its
+    folder is gone)."""
     paths, prints = RunPaths(Path(out), config), _fingerprints(config)
     status = {}
     for stage in STAGES:
         record = _read_record(paths.record(stage))
-        if record is None:
+        gone = record is not None and record.get("finished") and not all(
+            directory.exists() for directory in paths.stage_dirs(stage))
+        if record is None or gone:
             status[stage] = "missing"
         elif record.get("fingerprint") != prints[stage]:
             status[stage] = "outdated"

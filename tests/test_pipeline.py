@@ -151,6 +151,14 @@ def test_training_interrupted_mid_run_continues_from_its_last_checkpoint(tiny_ru
     assert len(resumed) == 1  # only the second epoch was trained again
 
 
+def test_a_stage_whose_folder_is_gone_runs_again(tiny_run, tmp_path):
+    out = copy_of(tiny_run, tmp_path)
+    shutil.rmtree(out / "index")
+    assert stage_status(TINY, out)["index"] == "missing"
+    result = run_pipeline(TINY, out, workers=1, progress=False)
+    assert result.ran == ["index", "classify", "evaluate", "map"]
+
+
 def test_from_and_until_run_a_part(tiny_run, tmp_path):
     out = tmp_path / "part"
     result = run_pipeline(TINY, out, until_stage="segment", workers=1, progress=False)
