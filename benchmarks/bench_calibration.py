@@ -82,18 +82,25 @@ def intensity_features(
     return np.hstack([mean, std, quantiles, count]), Y
 
 
-def intensity_baseline(store: CellStore) -> float:
-    """Logistic regression on per-channel statistics of the crops (cell pixels only)."""
+def fit_intensity_model(store: CellStore):
+    """Logistic regression (one per class) on the intensity statistics of the training cells'
+    crops against their true labels -> ``(model, trained)``, ``trained`` bool ``[K]`` the classes
+    it has columns for."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     X_train, Y_train = intensity_features(store, "train")
-    X_test, Y_test = intensity_features(store, "test")
     trained = Y_train.any(axis=0)
     model = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=2000)))
-    model.fit(X_train, Y_train[:, trained])
+    return model.fit(X_train, Y_train[:, trained]), trained
+
+
+def intensity_baseline(store: CellStore) -> float:
+    """Cell mAP of :func:`fit_intensity_model` on the test cells."""
+    model, trained = fit_intensity_model(store)
+    X_test, Y_test = intensity_features(store, "test")
     scores = np.zeros(Y_test.shape)
     scores[:, trained] = model.predict_proba(X_test)
     return cell_level_ap(scores, Y_test).map

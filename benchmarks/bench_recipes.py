@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_calibration import intensity_features
+from bench_calibration import fit_intensity_model, intensity_features
 from common import machine
 
 from hpa_embed.classify import predict_cells, score_negative, write_predictions
@@ -128,22 +128,13 @@ def retrieval(embedded: Embeddings) -> dict:
 def intensity_model(shared: RunPaths, true_store: Path, out: Path) -> dict:
     """Logistic regression on per-cell intensity statistics, trained on the true labels of the
     training cells, scored like a recipe."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    store = CellStore.open(shared.store)
-    X_train, Y_train = intensity_features(store, "train")
-    trained = Y_train.any(axis=0)
-    model = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=2000)))
-    model.fit(X_train, Y_train[:, trained])
+    model, trained = fit_intensity_model(CellStore.open(shared.store))
     row = {}
     for column, path in (("predicted_masks", shared.store), ("true_masks", true_store)):
         cells = CellStore.open(path).cells
         test = cells[cells["split"] == "test"].reset_index(drop=True)
         X_test, _ = intensity_features(CellStore.open(path), "test", labelled_only=False)
-        probabilities = np.zeros((len(test), Y_train.shape[1]), dtype=np.float32)
+        probabilities = np.zeros((len(test), len(trained)), dtype=np.float32)
         probabilities[:, trained] = model.predict_proba(X_test)
         embedded = Embeddings(np.zeros((len(test), 1), np.float32), test, {})
         folder = out / column
