@@ -30,8 +30,9 @@ test-all: test test-slow
 demo: venv
 	$(BIN)/hpa-embed demo --out demo-output
 
+# every benchmark at quick sizes, one table (bench-output/summary.md); --full: full sizes, hours
 bench: venv
-	$(BIN)/python benchmarks/bench_synthetic.py
+	$(BIN)/python benchmarks/run_all.py
 
 lint: venv
 	$(BIN)/ruff check hpa_embed tests benchmarks examples

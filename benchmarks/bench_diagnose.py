@@ -33,6 +33,8 @@ from hpa_embed.train import fit
 
 CE = LossConfig(classification="ce", metric=None)
 BCE = LossConfig(classification="bce", metric=None)
+BCE_TRIPLET = LossConfig(classification="bce", metric="triplet", miner="semihard", multilabel_mining=True)
+PRIOR = {"classifier_bias": "prior"}
 
 # name: (cells: "single" = cells with one true label, "all" = every cell; loss; data; train overrides)
 VARIANTS = {
@@ -41,10 +43,16 @@ VARIANTS = {
     "bce-shuffle": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"), {}),
     "bce-balanced": ("all", BCE, DataConfig(label_mode="true_labels", sampler="balanced", m_per_class=4), {}),
     "bce-prior-bias": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"),
-                       {"classifier_bias": "prior"}),
+                       PRIOR),
     "bce-lr3e-3": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"), {"lr": 3e-3}),
     # softmax cross-entropy against each cell's label distribution Y / |Y|, on every cell
     "ce-all": ("all", CE, DataConfig(label_mode="true_labels", sampler="shuffle"), {}),
+    # the quality table's oracle, one change at a time from bce-prior-bias
+    "bce-prior-balanced": ("all", BCE, DataConfig(label_mode="true_labels", sampler="balanced",
+                                                  m_per_class=4), PRIOR),
+    "bce-prior-triplet": ("all", BCE_TRIPLET, DataConfig(label_mode="true_labels", sampler="shuffle"), PRIOR),
+    "bce-prior-balanced-triplet": (
+        "all", BCE_TRIPLET, DataConfig(label_mode="true_labels", sampler="balanced", m_per_class=4), PRIOR),
 }
 
 

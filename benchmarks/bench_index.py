@@ -15,6 +15,7 @@ queries are fresh draws from the same clusters. For each database size N it meas
 Timings are the best of ``--repeat`` runs; the machine may be shared, so its load is printed.
 
     .venv/bin/python benchmarks/bench_index.py [--sizes 100000 1000000] [--queries 1000]
+                                               [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from common import machine
+from common import Row, machine, parse_args, write_rows
 
 from hpa_embed.config import IndexConfig
 from hpa_embed.index import CellIndex
@@ -37,6 +38,7 @@ NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
 TARGET_FLAT_SPEEDUP = 5.0
 TARGET_RECALL = 0.99
 TARGET_IVF_SPEEDUP = 15.0
+QUICK = {"sizes": [100_000], "repeat": 1}
 
 
 def embedding_like(n: int, centres: np.ndarray, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +94,7 @@ def row(name: str, measured: str, target: str = "") -> None:
     print(f"  {name:<34}{measured:<36}{target}")
 
 
-def run(n: int, queries: int, dim: int, clusters: int, spread: float, repeat: int, tmp: Path) -> None:
+def run(n: int, queries: int, dim: int, clusters: int, spread: float, repeat: int, tmp: Path) -> list[Row]:
     centres = np.random.default_rng(0).standard_normal((clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     X, _ = embedding_like(n, centres, spread, seed=1)
@@ -118,6 +120,14 @@ def run(n: int, queries: int, dim: int, clusters: int, spread: float, repeat: in
     row("flat == numpy", f"{same_rows:.1%} same lists, recall {recall_at_k(flat_rows, truth):.4f}",
         "same results")
     row("  max |score difference|", f"{np.abs(flat_scores - truth_scores).max():.1e}")
+    size = f"{n // 1000:,}k" if n < 1_000_000 else f"{n / 1e6:g}M"
+    size = f"{size} vectors, {queries} queries"
+    figures = [
+        Row(f"exact search, CellIndex flat ({size})", flat_s, "s", numpy_s, "numpy brute force", "lower",
+            f">= {TARGET_FLAT_SPEEDUP:g}x faster", numpy_s / flat_s >= TARGET_FLAT_SPEEDUP),
+        Row(f"exact search, same neighbour lists as numpy ({size})", same_rows, "", 1.0, "numpy brute force",
+            "higher", "same results", same_rows == 1.0),
+    ]
 
     ivf, ivf_build_s = build(IndexConfig(kind="ivf"))
     chosen = None
@@ -131,19 +141,31 @@ def run(n: int, queries: int, dim: int, clusters: int, spread: float, repeat: in
         if recall >= TARGET_RECALL:
             chosen = (nprobe, recall, seconds)
             break
+    at = " (at 1M)" if n < 1_000_000 else ""
     if chosen is None:
         row("IVF", f"recall < {TARGET_RECALL} up to nprobe={ivf.nprobe}", "FAILED")
         nprobe = ivf.nprobe
+        figures.append(Row(f"IVF recall@10 ({size})", recall, "", TARGET_RECALL, "target", "higher",
+                           f">= {TARGET_RECALL} at nprobe <= {nprobe}", False))
     else:
         nprobe, recall, seconds = chosen
         target = f">= {TARGET_RECALL}, >= {TARGET_IVF_SPEEDUP:.0f}x flat"
         row(f"IVF chosen nprobe={nprobe}", f"recall {recall:.4f}, {flat_s / seconds:.1f}x flat",
-            target + (" (at 1M)" if n < 1_000_000 else ""))
+            target + at)
+        figures += [
+            Row(f"IVF recall@10, nlist {ivf.nlist}, nprobe {nprobe} ({size})", recall, "", TARGET_RECALL,
+                "target", "higher", f">= {TARGET_RECALL}", recall >= TARGET_RECALL),
+            Row(f"IVF search at that nprobe ({size})", seconds, "s", flat_s, "CellIndex flat", "lower",
+                f">= {TARGET_IVF_SPEEDUP:g}x faster{at}", flat_s / seconds >= TARGET_IVF_SPEEDUP),
+        ]
 
     ivfpq, ivfpq_build_s = build(IndexConfig(kind="ivfpq", pq_m=16, nprobe=nprobe))
     (_, rows), seconds = best_time(lambda: ivfpq.search_rows(Q, K), repeat)
-    row(f"IVFPQ m=16 nprobe={nprobe}", f"recall {recall_at_k(rows, truth):.4f}, {flat_s / seconds:.1f}x flat",
+    pq_recall = recall_at_k(rows, truth)
+    row(f"IVFPQ m=16 nprobe={nprobe}", f"recall {pq_recall:.4f}, {flat_s / seconds:.1f}x flat",
         "(reported)")
+    figures += [Row(f"IVFPQ m=16 recall@10, nprobe {nprobe} ({size})", pq_recall, better="higher"),
+                Row(f"IVFPQ search ({size})", seconds, "s", flat_s, "CellIndex flat", "lower")]
 
     for name, index, build_s in (("flat", flat, flat_build_s), ("IVF", ivf, ivf_build_s),
                                  ("IVFPQ", ivfpq, ivfpq_build_s)):
@@ -151,6 +173,10 @@ def run(n: int, queries: int, dim: int, clusters: int, spread: float, repeat: in
         row(f"{name} build / bytes per vector",
             f"{build_s:.1f} s / {index_bytes:.0f} B (+{id_bytes:.0f} B ids)",
             f"(reported; raw float32 = {4 * dim} B)")
+        figures += [Row(f"{name} index bytes per vector ({size})", index_bytes, "B", 4 * dim, "raw float32",
+                        "lower"),
+                    Row(f"{name} build ({size})", build_s, "s", better="lower")]
+    return figures
 
 
 def main() -> None:
@@ -161,10 +187,13 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--spread", type=float, default=0.12, help="per-dimension standard deviation")
     parser.add_argument("--repeat", type=int, default=2, help="search timings: best of this many")
-    args = parser.parse_args()
+    args = parse_args(parser, QUICK)
+    figures = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            run(n, args.queries, args.dim, args.clusters, args.spread, args.repeat, Path(tmp) / str(n))
+            figures += run(n, args.queries, args.dim, args.clusters, args.spread, args.repeat,
+                           Path(tmp) / str(n))
+    write_rows(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Prints each measured figure beside its baseline and target:
 - CombinedLoss forward + backward (BCE + triplet) vs BCE alone, reported: the metric part's
   cost per batch.
 
-Run: .venv/bin/python benchmarks/bench_losses.py [--batches 256 512] [--threads 1]
+Run: .venv/bin/python benchmarks/bench_losses.py [--batches 256 512] [--threads 1] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import Row, machine, parse_args, write_rows
 from pytorch_metric_learning import distances, miners
 
 from hpa_embed.config import LossConfig
 from hpa_embed.losses import CombinedLoss, MultiLabelTripletMiner, binary_cross_entropy_loss, primary_labels
+
+QUICK = {"repeats": 3}
 
 
 def timed(fn, repeats: int) -> float:
@@ -63,8 +66,9 @@ def loop_miner(E, Y, margin):
     return [torch.cat(parts) for parts in zip(*out)]
 
 
-def compare(n: int, dim: int, repeats: int, k: int = 19, margin: float = 0.1) -> None:
-    """Time the miners and the combined loss on one batch of ``n`` cells; print the rows."""
+def compare(n: int, dim: int, repeats: int, k: int = 19, margin: float = 0.1) -> list[Row]:
+    """Time the miners and the combined loss on one batch of ``n`` cells; print the rows, return
+    them as :class:`Row`."""
     cap = LossConfig().max_triplets
     cosine = distances.CosineSimilarity()
     uncapped = MultiLabelTripletMiner(margin, "semihard", max_triplets=10**12, distance=cosine)
@@ -110,6 +114,14 @@ def compare(n: int, dim: int, repeats: int, k: int = 19, margin: float = 0.1) ->
     t_combined, t_bce = timed(step_combined, repeats), timed(step_bce, repeats)
     print(f"{'  combined loss fwd+bwd vs BCE alone (ms)':62s} {t_combined * 1e3:10.1f} "
           f"{t_bce * 1e3:10.1f}  (the metric part: {(t_combined - t_bce) * 1e3:.1f} ms per batch)")
+    return [
+        Row(f"multi-label miner, all semihard triplets (batch {n})", t_all * 1e3, "ms", t_pml * 1e3,
+            "PML TripletMarginMiner, one label", "lower", "<= 2x PML's time", t_all <= 2 * t_pml),
+        Row(f"multi-label miner, capped at {cap} (batch {n})", t_cap * 1e3, "ms", t_loop * 1e3,
+            "per-anchor loop + subsample", "lower", "faster", t_cap < t_loop),
+        Row(f"combined loss fwd+bwd, BCE + triplet (batch {n})", t_combined * 1e3, "ms", t_bce * 1e3,
+            "BCE alone", "lower"),
+    ]
 
 
 def main() -> None:
@@ -118,13 +130,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared box)")
-    args = parser.parse_args()
+    args = parse_args(parser, QUICK)
     torch.set_num_threads(args.threads)
     print(f"semihard mining, cosine, margin 0.1, 19 classes, embeddings of {args.dim}, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
+          f"torch threads {torch.get_num_threads()}, median of {args.repeats}; {machine()}")
     print(f"{'measure':62s} {'measured':>10s} {'baseline':>10s}  target")
-    for n in args.batches:
-        compare(n, args.dim, args.repeats)
+    write_rows(args.json, [row for n in args.batches for row in compare(n, args.dim, args.repeats)])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ cells below the 0.6 threshold) and noisy per-cell probabilities, then times:
 - the competition metric (``competition_map``) over all fields;
 - one 2048² mask with 30 cells (target: well under 1 s) and the real HPA reference mask.
 
-    .venv/bin/python benchmarks/bench_metric.py [--images 100] [--workers 2]
+    .venv/bin/python benchmarks/bench_metric.py [--images 100] [--workers 2] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from common import Row, machine, parse_args, write_rows
 
 from hpa_embed.evaluate import ImageTruth, competition_map
 from hpa_embed.io import read_mask
@@ -36,6 +37,7 @@ from hpa_embed.synthetic import field_seed, generate_field, get_preset
 REFERENCE_MASK = (Path(__file__).resolve().parents[2] / "shared" / "data" / "hpa-real"
                   / "reference-masks" / "1000_A12_2_cellmask.png")
 LARGE_MASK_TARGET_S = 1.0
+QUICK = {"images": 20}
 
 
 def make_field(index: int) -> tuple[str, np.ndarray, list[list[int]]]:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="processes generating the fields")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, QUICK, argv)
     try:
         from pycocotools import _mask as coco_mask
     except ImportError:
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.workers) as pool:
         fields = list(pool.map(make_field, range(args.images)))
     n_cells = sum(len(labels) for _, _, labels in fields)
+    size = f"{len(fields)} fields of 1024²"
     print(f"generated {len(fields)} fields of 1024² ({n_cells} cells, "
           f"{n_cells / len(fields):.1f}/field) in {time.perf_counter() - start:.1f} s")
 
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     encode_s = time.perf_counter() - start
     n_masks = sum(len(e) for e in encoded)
     line = f"encode {n_masks} cell masks: {encode_s:.2f} s ({1e3 * encode_s / len(predicted):.1f} ms/field)"
+    encode_name = f"RLE encoding of every cell mask ({size}, {n_masks} masks)"
     if coco_mask is not None:
         start = time.perf_counter()
         reference = [{i: kaggle_encode(coco_mask, mask == i) for i in e} for e, (_, mask, _) in
@@ -105,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         coco_s = time.perf_counter() - start
         same = sum(rle == e[i] for e, r in zip(encoded, reference) for i, rle in r.items())
         line += f"   | pycocotools per cell: {coco_s:.2f} s; byte-identical {same}/{n_masks}"
+        figures = [Row(encode_name, encode_s, "s", coco_s, "pycocotools per cell", "lower"),
+                   Row(f"RLE byte-identical to pycocotools ({size})", same / n_masks, "", 1.0, "pycocotools",
+                       "higher", "identical", same == n_masks)]
     else:
         line += "   | pycocotools not installed: no baseline"
+        figures = [Row(encode_name, encode_s, "s", better="lower"),
+                   Row("RLE byte-identical to pycocotools", None, target="identical",
+                       note="pycocotools not installed")]
     print(line)
 
     # round trip
@@ -119,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         exact += np.array_equal(rebuilt, mask)
     print(f"decode and compare: {time.perf_counter() - start:.2f} s; fields rebuilt exactly "
           f"{exact}/{len(predicted)}")
+    figures.append(Row(f"RLE round trip, fields rebuilt exactly ({size})", exact / len(predicted), "", 1.0,
+                       "target", "higher", "all", exact == len(predicted)))
 
     # submission file and metric
     start = time.perf_counter()
@@ -144,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"competition_map over {len(truth)} fields: {metric_s:.2f} s "
           f"({1e3 * metric_s / len(truth):.0f} ms/field); {result}; "
           f"true positives {int(result.n_tp.sum())}/{int(result.n_gt.sum())} true (cell, class)")
+    figures += [
+        Row(f"submission CSV identical after writing and reading ({size})", identical, "yes/no",
+            target="identical", met=identical),
+        Row(f"competition metric, per field ({size})", metric_s / len(truth), "s", better="lower"),
+    ]
 
     # one large mask, and the real reference
     large = voronoi_mask(2048, 30, rng)
@@ -152,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     encode_label_mask(large)
     large_s = time.perf_counter() - start
     print(f"2048² mask with {len(large_ids)} cells: {large_s:.3f} s   | target < {LARGE_MASK_TARGET_S:.1f} s")
+    figures.append(Row(f"RLE of a 2048² mask with {len(large_ids)} cells", large_s, "s", LARGE_MASK_TARGET_S,
+                       "target", "lower", f"< {LARGE_MASK_TARGET_S:g} s", large_s < LARGE_MASK_TARGET_S))
     if REFERENCE_MASK.is_file():
         reference_mask = read_mask(REFERENCE_MASK)
         start = time.perf_counter()
@@ -160,8 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         rebuilt = np.zeros_like(reference_mask)
         for cell_id, rle in reference_rles.items():
             rebuilt[decode_binary_mask(rle, *reference_mask.shape)] = cell_id
+        round_trip = np.array_equal(rebuilt, reference_mask)
         print(f"HPA reference mask 2048², {len(reference_rles)} cells: {reference_s:.3f} s   | target < "
-              f"{LARGE_MASK_TARGET_S:.1f} s; round trip exact: {np.array_equal(rebuilt, reference_mask)}")
+              f"{LARGE_MASK_TARGET_S:.1f} s; round trip exact: {round_trip}")
+        figures += [
+            Row(f"RLE of the HPA reference mask, 2048², {len(reference_rles)} cells", reference_s, "s",
+                LARGE_MASK_TARGET_S, "target", "lower", f"< {LARGE_MASK_TARGET_S:g} s",
+                reference_s < LARGE_MASK_TARGET_S),
+            Row("RLE round trip of the HPA reference mask exact", round_trip, "yes/no", target="exact",
+                met=round_trip),
+        ]
+    print(machine())
+    write_rows(args.json, figures)
     return 0
 
 

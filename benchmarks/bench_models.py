@@ -9,7 +9,7 @@ Prints each measured figure beside its baseline and target:
 - Checkpoint save and load times, and whether the reloaded model gives identical outputs.
 
 Run: .venv/bin/python benchmarks/bench_models.py [--arch resnet50] [--batch 16] [--threads 1]
-     [--channels-last]
+     [--channels-last] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import Row, machine, parse_args, write_rows
 
 from hpa_embed.config import ModelConfig
 from hpa_embed.models import create_model, load_checkpoint, save_checkpoint
+
+QUICK = {"repeats": 2}
 
 
 def timed_pair(first, second, repeats: int) -> tuple[float, float]:
@@ -68,22 +71,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared box)")
     parser.add_argument("--channels-last", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, QUICK)
     torch.set_num_threads(args.threads)
     four = ModelConfig(arch=args.arch, in_chans=4)
     three = ModelConfig(arch=args.arch, in_chans=3)
     print(f"{args.arch}, crops {four.crop_size} px, batch {args.batch}, embedding {four.embedding_dim}, "
           f"CPU threads {torch.get_num_threads()}, channels_last {args.channels_last}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; {machine()}")
     print(f"{'measure':46s} {'measured':>12s} {'baseline':>12s}  target")
     infer4, train4 = model_steps(four, args.batch, args.channels_last)
     infer3, train3 = model_steps(three, args.batch, args.channels_last)
     rows = [("inference cells/s, 4 vs 3 channels", *timed_pair(infer4, infer3, args.repeats)),
             ("training cells/s, 4 vs 3 channels", *timed_pair(train4, train3, args.repeats))]
+    figures = []
     for name, t_four, t_three in rows:
         ours, base = args.batch / t_four, args.batch / t_three
         verdict = "met" if ours >= 0.95 * base else "MISSED"
         print(f"{name:46s} {ours:12.1f} {base:12.1f}  >= 95%: {verdict} ({ours / base:.1%})")
+        figures.append(Row(f"{name.split(',')[0]}, 4 channels ({args.arch}, batch {args.batch})", ours,
+                           "cells/s", base, "same model, 3 channels", "higher", ">= 0.95x",
+                           ours >= 0.95 * base))
 
     model = create_model(four).eval()
     tensor_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -101,6 +108,14 @@ def main() -> None:
           f"overhead < 1%: {'met' if overhead < 0.01 else 'MISSED'} ({overhead:.3%})")
     print(f"{'checkpoint save / load (s)':46s} {t_save:12.2f} {t_load:12.2f}  "
           f"(reloaded outputs identical: {identical})")
+    figures += [
+        Row(f"checkpoint bytes ({args.arch})", size, "B", tensor_bytes, "state-dict tensor bytes", "lower",
+            "overhead < 1%", overhead < 0.01),
+        Row(f"checkpoint save ({args.arch})", t_save, "s", better="lower"),
+        Row(f"checkpoint load ({args.arch})", t_load, "s", better="lower"),
+        Row("reloaded model gives identical outputs", identical, "yes/no", target="identical", met=identical),
+    ]
+    write_rows(args.json, figures)
 
 
 if __name__ == "__main__":

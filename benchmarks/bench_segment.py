@@ -1,7 +1,7 @@
 """Segmentation benchmark: quality on synthetic fields, speed at 2048², the real HPA field.
 
 Run:  .venv/bin/python benchmarks/bench_segment.py [--fields 20] [--crowded-fields 12]
-      [--overlay docs/img/real_field_masks.png]
+      [--overlay docs/img/real_field_masks.png] [--repeats 5] [--quick] [--json PATH]
 
 Prints each measured figure beside its target:
 - object F1 at IoU >= 0.6 for nuclei and cells, and the mean IoU of matched cells, over two
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import Row, parse_args, write_rows
 
 from hpa_embed.io import read_field
 from hpa_embed.segment import ClassicalSegmenter, check_masks, object_f1
@@ -42,6 +43,8 @@ CROWDED = dataclasses.replace(
 )
 #: name -> (config, first seed, default number of fields)
 SETS = {"standard": (get_preset("standard"), 1000, 20), "crowded": (CROWDED, 2000, 12)}
+#: --quick: fewer fields, fewer timed repeats, no overlay picture (it would overwrite the docs' one)
+QUICK = {"fields": 10, "crowded_fields": 6, "repeats": 3, "overlay": None}
 
 
 def quality(segmenter, config, seeds) -> dict[str, float]:
@@ -110,14 +113,15 @@ def main() -> None:
     parser.add_argument("--crowded-fields", type=int, default=SETS["crowded"][2],
                         help="synthetic 'crowded' fields to score")
     parser.add_argument("--overlay", type=Path, default=ROOT / "docs" / "img" / "real_field_masks.png")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of the 2048² field (median)")
+    args = parse_args(parser, QUICK)
     segmenter = ClassicalSegmenter()
 
     n_fields = {"standard": args.fields, "crowded": args.crowded_fields}
     scores = {}
     for name, (config, first_seed, _) in SETS.items():
         scores[name] = quality(segmenter, config, range(first_seed, first_seed + n_fields[name]))
-    seconds, cpu_seconds = speed(segmenter)
+    seconds, cpu_seconds = speed(segmenter, args.repeats)
     print("ClassicalSegmenter defaults, synthetic fields, objects matched at IoU >= 0.6")
     for name, (config, first_seed, _) in SETS.items():
         print(f"  {name:<9} {n_fields[name]} fields (seeds {first_seed}+), confluence "
@@ -128,8 +132,13 @@ def main() -> None:
     targets = {"nuclei_f1": (0.95, 0.95), "cells_f1": (0.98, 0.95), "cells_mean_iou": (None, None)}
     labels = {"nuclei_f1": "nuclei object F1", "cells_f1": "cells object F1",
               "cells_mean_iou": "cells mean IoU of matches"}
+    figures = []
     for key, label in labels.items():
         values = [scores[name][key] for name in SETS]
+        for name, value, target in zip(SETS, values, targets[key]):
+            figures.append(Row(f"{label}, '{name}' ({n_fields[name]} fields)", value, "",
+                               target, "target" if target else "", "higher" if target else "",
+                               f">= {target:.2f}" if target else "", value >= target if target else None))
         if targets[key][0] is None:
             print(f"{label:<34}{values[0]:>10.3f}{values[1]:>10.3f}{'-':>14}")
             continue
@@ -139,6 +148,9 @@ def main() -> None:
     for label, value in (("seconds per 2048x2048 field (wall)", seconds),
                          ("  (CPU seconds, one process)", cpu_seconds)):
         print(f"{label:<34}{value:>10.3f}{'':>10}{'<= 1.0':>14}  {'ok' if value <= 1.0 else 'MISSED'}")
+    figures += [Row(f"seconds per 2048² field, {kind}, median of {args.repeats}", value, "s", 1.0, "target",
+                    "lower", "<= 1", value <= 1.0)
+                for kind, value in (("wall", seconds), ("CPU of one process", cpu_seconds))]
 
     if (REAL / "57_F11_1_blue.png").is_file():
         image = read_field(REAL, "57_F11_1")
@@ -146,11 +158,17 @@ def main() -> None:
         n_cells = check_masks(cell_mask, nucleus_mask)
         print(f"{'real field 57_F11_1 cells':<34}{n_cells:>10d}{'':>10}{'9-12':>14}  "
               f"{'ok' if 9 <= n_cells <= 13 else 'CHECK'}")
-        overlay(image, cell_mask, nucleus_mask, args.overlay)
-        size = args.overlay.stat().st_size / 1e6
-        print(f"overlay written to {args.overlay} ({size:.2f} MB)")
+        figures.append(Row("cells found on the real field 57_F11_1", n_cells, "cells", target="9-12",
+                           met=9 <= n_cells <= 13))
+        if args.overlay:
+            overlay(image, cell_mask, nucleus_mask, args.overlay)
+            size = args.overlay.stat().st_size / 1e6
+            print(f"overlay written to {args.overlay} ({size:.2f} MB)")
     else:
         print(f"real field not found under {REAL}; skipped")
+        figures.append(Row("cells found on the real field 57_F11_1", None, "cells", target="9-12",
+                           note=f"real field not found under {REAL}"))
+    write_rows(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ shuffling data loader does), first "cold-ish" (the chunk files are evicted from 
 with posix_fadvise(DONTNEED) before each pass, so every batch reads from the disk) and then warm.
 
     .venv/bin/python benchmarks/bench_store.py [--cells 20000] [--crop-size 128] [--batch 64]
+                                               [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import Row, machine, parse_args, write_rows
 
 from hpa_embed.store import CellStore
 
 TARGET = 5_000  # crops/s
+QUICK = {"cells": 4_000, "batches": 100}
 
 
 def evict(store_path: Path) -> bool:
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to build the store (default: a temp dir)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, QUICK, argv)
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "store"
@@ -86,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{'PASS' if cold >= TARGET else 'FAIL'}")
     print(f"random read warm:       {warm:10,.0f} crops/s  target >= {TARGET:,}  "
           f"{'PASS' if warm >= TARGET else 'FAIL'}")
-    print(f"(random batches of {args.batch} rows, {args.batches} batches per pass)")
+    print(f"(random batches of {args.batch} rows, {args.batches} batches per pass; {machine()})")
+    size = f"{args.cells:,} crops of {args.crop_size} px, batches of {args.batch}"
+    write_rows(args.json, [
+        Row(f"CellStore append ({size})", args.cells / write_s, "crops/s", better="higher"),
+        *(Row(f"CellStore random read, {name} ({size})", rate, "crops/s", TARGET, "target", "higher",
+              f">= {TARGET:,}", rate >= TARGET) for name, rate in ((label, cold), ("warm", warm))),
+    ])
     return 0 if min(cold, warm) >= TARGET else 1
 
 

@@ -24,6 +24,7 @@ umap-learn runs its kNN search and layout on one thread when given a seed (as he
 sides); FAISS uses ``--faiss-threads``.
 
     .venv/bin/python benchmarks/bench_umap.py [--n 100000] [--million] [--faiss-threads 1]
+                                              [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import warnings
 
 import faiss
 import numpy as np
-from common import machine
+from common import Row, machine, parse_args, write_rows
 from sklearn.manifold import trustworthiness
 
 from hpa_embed.config import IndexConfig
@@ -44,6 +45,7 @@ from hpa_embed.visualise.projection import UMAPProjector, knn_graph
 TARGET_SPEEDUP = 3.0
 TARGET_TRUST_GAP = 0.01
 TARGET_MILLION_S = 600.0
+QUICK = {"n": 10_000, "trust_sample": 2000}
 
 
 def embedding_like(n: int, dim: int = 128, clusters: int = 50, traits: int = 12, seed: int = 0) -> np.ndarray:
@@ -94,7 +96,7 @@ def row(name: str, measured: str, target: str = "") -> None:
     print(f"  {name:<40}{measured:<34}{target}")
 
 
-def compare(n: int, args: argparse.Namespace) -> None:
+def compare(n: int, args: argparse.Namespace) -> list[Row]:
     projector = UMAPProjector(n_neighbors=args.n_neighbors, n_epochs=args.n_epochs, random_state=0)
     params = projector.umap_params()
     print(f"\nN = {n:,}  D = 128  {args.clusters} clusters x {args.traits} traits  UMAP {params}")
@@ -131,9 +133,22 @@ def compare(n: int, args: argparse.Namespace) -> None:
     row(f"UMAPProjector, n_epochs={args.fast_epochs}", f"{t_fast:.1f} s, trust {trust_fast:.4f}")
     row("  speed-up / trust difference", f"{t_umap / t_fast:.2f}x / {trust_fast - trust_umap:+.4f}")
     print(f"  trustworthiness: {len(rows):,} random rows, k = {args.trust_k}, cosine")
+    size, baseline = f"{n:,} points", "umap-learn"
+    return [
+        Row(f"UMAP map, UMAPProjector vs umap-learn ({size})", t_ours, "s", t_umap, baseline, "lower",
+            f">= {TARGET_SPEEDUP:g}x faster (at 100k)", speedup >= TARGET_SPEEDUP),
+        Row(f"UMAP trustworthiness, UMAPProjector ({size})", trust_ours, "", trust_umap, baseline, "higher",
+            f"within {TARGET_TRUST_GAP} of umap-learn", abs(gap) <= TARGET_TRUST_GAP),
+        Row(f"UMAP map, sample {sample_size:,} ({size})", t_sampled, "s", t_umap, baseline, "lower"),
+        Row(f"UMAP trustworthiness, sample {sample_size:,} ({size})", trust_sampled, "", trust_umap,
+            baseline, "higher"),
+        Row(f"UMAP map, n_epochs={args.fast_epochs} ({size})", t_fast, "s", t_umap, baseline, "lower"),
+        Row(f"UMAP trustworthiness, n_epochs={args.fast_epochs} ({size})", trust_fast, "", trust_umap,
+            baseline, "higher"),
+    ]
 
 
-def million(args: argparse.Namespace) -> None:
+def million(args: argparse.Namespace) -> list[Row]:
     n = 1_000_000
     X = embedding_like(n, clusters=args.clusters, traits=args.traits)
     projector = UMAPProjector(n_neighbors=args.n_neighbors, n_epochs=args.n_epochs,
@@ -146,6 +161,9 @@ def million(args: argparse.Namespace) -> None:
     row("map of 1M points", f"{seconds:.1f} s",
         f"<= {TARGET_MILLION_S:.0f} s  {'met' if seconds <= TARGET_MILLION_S else 'MISSED'}")
     row("trustworthiness", f"{quality:.4f}", f"({len(rows):,} rows, k = {args.trust_k})")
+    return [Row(f"UMAP map of 1M points, sample {args.million_sample:,}", seconds, "s", TARGET_MILLION_S,
+                "target", "lower", f"<= {TARGET_MILLION_S:g} s", seconds <= TARGET_MILLION_S),
+            Row("UMAP trustworthiness, 1M points", quality)]
 
 
 def main() -> None:
@@ -163,13 +181,14 @@ def main() -> None:
     parser.add_argument("--million-sample", type=int, default=100_000)
     parser.add_argument("--faiss-threads", type=int, default=None,
                         help="FAISS OpenMP threads (default FAISS's: all cores); 1 on a busy shared machine")
-    args = parser.parse_args()
+    args = parse_args(parser, QUICK)
     if args.faiss_threads:
         faiss.omp_set_num_threads(args.faiss_threads)
     print(f"{machine()}; FAISS threads {faiss.omp_get_max_threads()}")
-    compare(args.n, args)
+    figures = compare(args.n, args)
     if args.million:
-        million(args)
+        figures += million(args)
+    write_rows(args.json, figures)
 
 
 if __name__ == "__main__":

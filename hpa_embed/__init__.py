@@ -104,6 +104,9 @@ _PUBLIC = {
     "fuse_scores": "classify",
     "predict_cells": "classify",
     "retrieval_metrics": "retrieval",
+    # interchange
+    "export_anndata": "exchange",
+    "import_embeddings": "exchange",
     # evaluate and submit
     "competition_map": "evaluate",
     "cell_level_ap": "evaluate",

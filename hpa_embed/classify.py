@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .config import IndexConfig
 from .index import CellIndex
+from .io import HpaEmbedError
 from .labels import NEGATIVE
 
 __all__ = [
@@ -369,7 +370,11 @@ def predict_cells(
         raise ValueError(f"negative={negative!r}: choose 'complement' or 'model'")
     embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)
     if method == "head":
-        probabilities = head_probabilities(checkpoint or embedded.meta["checkpoint"], embedded.X)
+        checkpoint = checkpoint or embedded.meta.get("checkpoint")
+        if checkpoint is None:
+            raise HpaEmbedError("method 'head' needs the checkpoint of the model that made the embeddings; "
+                                "these name none (imported?): give the checkpoint, or use method 'knn'")
+        probabilities = head_probabilities(checkpoint, embedded.X)
     elif method == "knn":
         if reference is None:
             raise ValueError("method='knn' needs reference embeddings (labelled cells to vote)")

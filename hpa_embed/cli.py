@@ -50,6 +50,8 @@ def _print_run(result) -> None:
     maps = summaries.get("map", {})
     if maps.get("enabled"):
         print(f"maps in {result.paths.maps}/; the interactive cell map: {maps['files']['interactive']}")
+    if "report" in summaries:
+        print(f"the report: {summaries['report']['report']} (open it in a browser)")
     print(f"results in {result.paths.out}/ (evaluation/summary.json, stages/*.json)")
 
 
@@ -73,6 +75,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     result = run_pipeline(load_named_config("demo"), args.out, workers=args.workers,
                           progress=not args.no_progress)
     _print_run(result)
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .pipeline import write_run_report
+
+    print(f"wrote {write_run_report(args.folder)}")
     return 0
 
 
@@ -317,6 +326,24 @@ def _run_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_export_h5ad(args: argparse.Namespace) -> int:
+    from .exchange import export_anndata
+
+    adata = export_anndata(args.source, args.out, method=args.method)
+    print(f"wrote {adata.n_obs} cells x {adata.n_vars} dimensions to {args.out} "
+          f"(obsm: {', '.join(adata.obsm) or 'none'})")
+    return 0
+
+
+def _run_import_embeddings(args: argparse.Namespace) -> int:
+    from .exchange import import_embeddings
+
+    result = import_embeddings(args.source, cells=args.cells, key=args.key, out=args.out,
+                               id_column=args.id_column)
+    print(f"wrote {len(result)} embeddings of dimension {result.X.shape[1]} to {args.out}")
+    return 0
+
+
 def _run_submit(args: argparse.Namespace) -> int:
     from .classify import read_predictions
     from .config import EVALUATION_SPLITS
@@ -378,9 +405,9 @@ def get_parser() -> argparse.ArgumentParser:
 
     run = add("run", _run_run, "run every stage of a config: fields to evaluation (resumable)",
               ("workers", "progress"),
-              description="Run the stages input, segment, crop, train, embed, index, classify, evaluate "
-              "from one TOML config into --out. Stages whose output is up to date are skipped; a config "
-              "change reruns the stages it touches; an interrupted run resumes. See "
+              description="Run the stages input, segment, crop, train, embed, index, classify, evaluate, "
+              "map and report from one TOML config into --out. Stages whose output is up to date are "
+              "skipped; a config change reruns the stages it touches; an interrupted run resumes. See "
               "`hpa-embed config template` for every key.")
     run.add_argument("config", help="run configuration (TOML)")
     run.add_argument("--out", required=True, help="output folder")
@@ -388,6 +415,11 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", dest="until_stage", choices=STAGES, help="stop after this stage")
     run.add_argument("--recipe", choices=RECIPES,
                      help="a weak-label recipe on top of the config (its [data], [loss], [classify])")
+
+    report = add("report", _run_report, "(re)write a run's report.html from what its stages wrote",
+                 description="One HTML page with the run's config, every stage's figures and the scores; "
+                 "it opens from disk with no network. `hpa-embed run` writes it as its last stage.")
+    report.add_argument("folder", metavar="RUN", help="a run folder (hpa-embed run --out)")
 
     demo = add("demo", _run_demo, "run the whole pipeline on built-in synthetic data",
                ("workers", "progress"),
@@ -565,6 +597,29 @@ def get_parser() -> argparse.ArgumentParser:
     cell_map.add_argument("--umap-neighbors", type=int, default=15, help="UMAP n_neighbors")
     cell_map.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
     cell_map.add_argument("--no-interactive", action="store_true", help="PNG maps only")
+
+    export = add("export-h5ad", _run_export_h5ad,
+                 "write a run's cells as an AnnData .h5ad (scanpy, cellxgene)",
+                 description="X = the embeddings, obs = the cell table indexed by cell_id (labels as class "
+                 "ids joined by '|'), obsm = per-method probabilities, multi-hot labels and X_umap (the "
+                 "map), uns = the run config, the class table and where the embeddings came from. See "
+                 "docs/exchange.md.")
+    export.add_argument("source", help="run folder (hpa-embed run --out) or embeddings directory")
+    export.add_argument("--out", required=True, help="the .h5ad file")
+    export.add_argument("--method", help="only the predictions of this classify method (default: all)")
+
+    imported = add("import-embeddings", _run_import_embeddings,
+                   "another model's embeddings (.h5ad, or .npy + cell table) as an embeddings directory",
+                   description="Read X (or obsm[--key]) of an .h5ad, or a .npy whose rows follow --cells; "
+                   "look the cells up by cell id in --cells (a table or CellStore; default the h5ad's obs); "
+                   "scale rows to unit L2 norm and write an embeddings directory that index, search, "
+                   "classify, evaluate and map take.")
+    imported.add_argument("source", help=".h5ad file or .npy array [N, D]")
+    imported.add_argument("--out", required=True, help="the embeddings directory")
+    imported.add_argument("--cells", help="cell table (.parquet, .csv) or CellStore folder")
+    imported.add_argument("--key", help="h5ad: obsm key of the embeddings (default: X)")
+    imported.add_argument("--id-column", help="h5ad: obs column of the cell ids (default: cell_id, else "
+                          "the obs names)")
 
     submit = add("submit", _run_submit, "write a Kaggle submission CSV from per-cell predictions",
                  ("progress",),

@@ -332,6 +332,7 @@ def build_store(
     fields_per_commit: int = 32,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    progress: bool = True,
 ) -> BuildReport:
     """Crop every field of a directory into a :class:`~hpa_embed.store.CellStore`.
 
@@ -367,6 +368,8 @@ def build_store(
     fields_per_commit : int
     fractions, seed
         Passed to :func:`assign_splits`.
+    progress : bool
+        Show a progress bar.
     """
     images_dir, masks_dir, out = Path(images_dir), Path(masks_dir), Path(out)
     for directory, what in ((images_dir, "images"), (masks_dir, "masks")):
@@ -433,9 +436,9 @@ def build_store(
         batch_cells.clear()
         batch_crops.clear()
 
-    with tqdm(total=len(jobs), desc="crop", unit="field") as progress:
+    with tqdm(total=len(jobs), desc="crop", unit="field", disable=not progress) as bar:
         for image_id, cells, crops, error in _run_jobs(jobs, workers):
-            progress.update()
+            bar.update()
             if error is not None:
                 log.warning("skipped field %s: %s", image_id, error)
                 report.fields_failed[image_id] = error

@@ -15,6 +15,8 @@ An output folder holds one subfolder per stage and the records that say what mad
     <out>/evaluation/           evaluate: summary.json, per method cell_ap.csv, per_class.csv,
                                 images_ap.csv, submission.csv and competition_ap.csv
     <out>/maps/                 map: UMAP coordinates, PNG maps, interactive/index.html
+    <out>/report.html           report: every stage's figures and scores on one page (opens from
+                                disk); its own figures in <out>/report/
     <out>/stages/<stage>.json   what produced each stage: its config sections, a fingerprint of
                                 them and of the stages before it, start and end times, a summary
 
@@ -48,13 +50,13 @@ from .config import ConfigError, InputConfig, RunConfig, read_config_file, write
 from .io import DataError, atomic_path
 
 __all__ = ["STAGES", "RunPaths", "PipelineResult", "run_pipeline", "stage_status", "load_named_config",
-           "NAMED_CONFIGS", "synthetic_config"]
+           "NAMED_CONFIGS", "synthetic_config", "write_run_report"]
 
 log = logging.getLogger(__name__)
 
 #: The stages, in order.
 STAGES: tuple[str, ...] = ("input", "segment", "crop", "train", "embed", "index", "classify", "evaluate",
-                           "map")
+                           "map", "report")
 
 #: Config sections each stage reads (besides what the stages before it read).
 _READS: dict[str, tuple[str, ...]] = {
@@ -67,10 +69,11 @@ _READS: dict[str, tuple[str, ...]] = {
     "classify": ("classify",),
     "evaluate": ("evaluate",),
     "map": ("map",),
+    "report": (),
 }
 
 #: Configs shipped with the package (``hpa_embed/configs/<name>.toml``).
-NAMED_CONFIGS: tuple[str, ...] = ("demo",)
+NAMED_CONFIGS: tuple[str, ...] = ("demo", "tiny")
 
 
 def load_named_config(name: str) -> RunConfig:
@@ -149,6 +152,14 @@ class RunPaths:
     def maps(self) -> Path:
         return self.out / "maps"
 
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+    @property
+    def report_figures(self) -> Path:
+        return self.out / "report"
+
     def stage_dirs(self, stage: str) -> list[Path]:
         """The folders a stage writes (removed before it reruns from scratch)."""
         return {
@@ -161,6 +172,7 @@ class RunPaths:
             "classify": [self.out / "predictions"],
             "evaluate": [self.evaluation],
             "map": [self.maps] if self.config.map.enabled else [],
+            "report": [self.report_figures],
         }[stage]
 
     def record(self, stage: str) -> Path:
@@ -329,7 +341,7 @@ def _stage_crop(paths: RunPaths, workers: int | None, progress: bool) -> dict:
 
     report = build_store(paths.images, paths.masks, paths.store, labels=paths.labels, truth=paths.truth,
                          config=paths.config.crop, workers=workers, fractions=paths.config.split.fractions,
-                         seed=paths.config.split.seed)
+                         seed=paths.config.split.seed, progress=progress)
     from .store import CellStore
 
     cells = CellStore.open(paths.store).cells
@@ -435,6 +447,25 @@ def _stage_map(paths: RunPaths, workers: int | None, progress: bool) -> dict:
     return {"enabled": True, "method": method, "files": {name: str(path) for name, path in written.items()}}
 
 
+def _stage_report(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+    return {"report": write_run_report(paths.out, paths.config)}
+
+
+def write_run_report(out: str | os.PathLike, config: RunConfig | None = None) -> Path:
+    """(Re)write ``<out>/report.html`` of a run folder from what its stages wrote
+    (:mod:`hpa_embed.report`); ``config`` defaults to the run's ``config.toml``."""
+    from .report import write_report
+
+    out = Path(out)
+    if config is None:
+        if not (out / "config.toml").is_file():
+            raise DataError(out / "config.toml", "not found: not a run folder (see hpa-embed run)")
+        config = read_config_file(out / "config.toml")
+    paths = RunPaths(out, config)
+    records = {stage: _read_record(paths.record(stage)) for stage in STAGES if stage != "report"}
+    return write_report(paths, records)
+
+
 _RUNNERS: dict[str, Callable[[RunPaths, int | None, bool], dict]] = {
     "input": _stage_input,
     "segment": _stage_segment,
@@ -445,6 +476,7 @@ _RUNNERS: dict[str, Callable[[RunPaths, int | None, bool], dict]] = {
     "classify": _stage_classify,
     "evaluate": _stage_evaluate,
     "map": _stage_map,
+    "report": _stage_report,
 }
 
 

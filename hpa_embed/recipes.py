@@ -8,7 +8,7 @@ Each recipe is a different answer to "which label does a cell train on":
                           cross-entropy (the seed project's recipe)
 ``seed-ce-triplet``       the same, plus a triplet loss on mined triplets
 ``balanced``              every cell with all its image's labels (multi-hot), BCE + multi-label
-                          triplets, class-balanced batches
+                          triplets (at 0.1 of the BCE), class-balanced batches
 ``mil``                   the cells of an image form a bag: a cell-level BCE plus an
                           image-level BCE on the bag's log-sum-exp pooled logits, batches of
                           whole images
@@ -83,7 +83,10 @@ def _sections(data: dict, loss: dict, classify: dict, train: dict | None = None)
 
 _SINGLE = {"label_mode": "single_label", "sampler": "shuffle"}
 _WEAK = {"label_mode": "image_labels", "sampler": "balanced"}
-_BCE_TRIPLET = {"classification": "bce", "metric": "triplet", "miner": "semihard", "multilabel_mining": True}
+# The triplet term at a tenth of the classification loss: at full weight it cost the linear head
+# 0.06-0.09 cell mAP (docs/recipes.md, bench_diagnose.py bce-prior-triplet / -balanced-triplet).
+_BCE_TRIPLET = {"classification": "bce", "metric": "triplet", "miner": "semihard", "multilabel_mining": True,
+                "w_metric": 0.1}
 
 #: The recipes by name, in the order of the quality table.
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (

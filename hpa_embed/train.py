@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import (
+    ConfigError,
     DataConfig,
     LossConfig,
     ModelConfig,
@@ -395,14 +396,12 @@ def fit(
     if resume and (last / STATE_FILE).is_file():
         state = load_state(last / STATE_FILE)
         if state["configs"] != _config_dicts(configs):
-            raise ValueError(
+            raise ConfigError(
                 f"{out}: the run was started with other configs; resume it with the ones "
                 f"in {out / 'config.toml'}"
             )
     elif (out / "history.csv").exists() and not resume:
-        raise FileExistsError(
-            f"{out}: a run is already there; resume it or choose another directory"
-        )
+        raise DataError(out, "a training run is already there; resume it or choose another directory")
     _seed_everything(train_config.seed)
 
     if cells is not None and not np.array_equal(cells["row"].to_numpy(), store.cells["row"].to_numpy()):

@@ -112,8 +112,9 @@ def test_run_and_demo_configs_from_the_shell(tmp_path, capsys):
     assert "segmentation against the true masks: cell F1" in printed
     assert main(["run", str(config), "--out", str(out), *quiet, "-q"]) == 0
     printed = capsys.readouterr().out
-    ran = "stages run: train, embed, index, classify, evaluate, map; up to date: input, segment, crop"
+    ran = "stages run: train, embed, index, classify, evaluate, map, report; up to date: input, segment, crop"
     assert ran in printed
+    assert f"the report: {out / 'report.html'} (open it in a browser)" in printed
     assert "evaluation on the test split(s):" in printed and "head:" in printed
     assert (out / "evaluation" / "head" / "confusion_matrices.png").stat().st_size > 5000
 

@@ -17,9 +17,6 @@ from hpa_embed.visualise.interactive import (
     write_cell_map,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 EVIL = "<script>window.__pwned=1</script>"
 EVIL_LINE = '<img src=x onerror="window.__pwned=1">'
 
@@ -193,27 +190,20 @@ NEIGHBOURS = np.random.default_rng(5).integers(0, N_PAGE, (N_PAGE, 6))
 
 
 @pytest.fixture(scope="module")
-def cell_page(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(f"the browser tests drive Debian's chromium at {CHROMIUM}, which is not installed "
-                    "(apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
+def cell_page(tmp_path_factory, chromium):
     xy, cells, thumbnails, values = uniform_cells(N_PAGE, seed=3)
     cells.loc[5, "cell_id"] = EVIL
     cells.loc[5, "cell_line"] = EVIL_LINE
     out = tmp_path_factory.mktemp("cellmap")
     index = write_cell_map(out, xy, cells, thumbnails, NEIGHBOURS, title=EVIL, percentile=None)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 700}, device_scale_factor=1)
-        problems = []
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.goto(index.as_uri())
-        page.wait_for_function("document.body.dataset.ready === '1'")
-        yield page, cells, values, problems
-        browser.close()
+    page = chromium.new_page(viewport={"width": 1100, "height": 700}, device_scale_factor=1)
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(index.as_uri())
+    page.wait_for_function("document.body.dataset.ready === '1'")
+    yield page, cells, values, problems
+    page.close()
 
 
 def hover(page, cell: int):

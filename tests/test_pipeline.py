@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -113,10 +115,10 @@ def test_an_interrupted_run_resumes_at_the_stage_it_stopped(tiny_run, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(TINY, out, from_stage="embed", workers=1, progress=False)
     status = stage_status(TINY, out)
-    assert [status[s] for s in STAGES] == ["done"] * 4 + ["partial"] + ["missing"] * 4
+    assert [status[s] for s in STAGES] == ["done"] * 4 + ["partial"] + ["missing"] * 5
     monkeypatch.setitem(pipeline._RUNNERS, "embed", embed_stage)
     result = run_pipeline(TINY, out, workers=1, progress=False)
-    assert result.ran == ["embed", "index", "classify", "evaluate", "map"]
+    assert result.ran == ["embed", "index", "classify", "evaluate", "map", "report"]
     assert result.evaluation == tiny_run[1].evaluation
 
 
@@ -156,7 +158,7 @@ def test_a_stage_whose_folder_is_gone_runs_again(tiny_run, tmp_path):
     shutil.rmtree(out / "index")
     assert stage_status(TINY, out)["index"] == "missing"
     result = run_pipeline(TINY, out, workers=1, progress=False)
-    assert result.ran == ["index", "classify", "evaluate", "map"]
+    assert result.ran == ["index", "classify", "evaluate", "map", "report"]
 
 
 def test_from_and_until_run_a_part(tiny_run, tmp_path):
@@ -168,14 +170,14 @@ def test_from_and_until_run_a_part(tiny_run, tmp_path):
         run_pipeline(TINY, out, from_stage="train", workers=1, progress=False)
     copied = copy_of(tiny_run, tmp_path)
     result = run_pipeline(TINY, copied, from_stage="classify", workers=1, progress=False)
-    assert result.ran == ["classify", "evaluate", "map"]
+    assert result.ran == ["classify", "evaluate", "map", "report"]
 
 
 def test_scoring_training_cells_is_said(tiny_run, tmp_path):
     out = copy_of(tiny_run, tmp_path)
     result = run_pipeline(TINY.replace(evaluate=EvaluateConfig(split="all", submission=False)), out,
                           workers=1, progress=False)
-    assert result.ran == ["evaluate", "map"]
+    assert result.ran == ["evaluate", "map", "report"]
     assert result.evaluation["scores_training_cells"] is True
     assert "trained on" in result.evaluation["note"]
     n_cells = len(CellStore.open(out / "store").cells)
@@ -202,10 +204,68 @@ def test_the_map_stage_draws_every_map(tiny_run, tmp_path):
     out = copy_of(tiny_run, tmp_path)
     config = TINY.replace(map=MapConfig(n_neighbors=5, neighbours=3))
     result = run_pipeline(config, out, workers=1, progress=False)
-    assert result.ran == ["map"]
+    assert result.ran == ["map", "report"]
     files = result.summaries["map"]["files"]
     for name in ("map_class", "class_panels", "map_image", "map_prediction", "map_correct"):
         assert Path(files[name]).stat().st_size > 5000, name
     coordinates = np.load(out / "maps" / "coordinates.npy")
     assert coordinates.shape == (len(CellStore.open(out / "store")), 2) and np.isfinite(coordinates).all()
     assert (out / "maps" / "interactive" / "index.html").is_file()
+
+
+EVIL_FOLDER = "run <script>window.__pwned=1<"
+
+
+def report_of(tiny_run, tmp_path) -> Path:
+    """The tiny run copied into a folder whose name holds markup, with its report rewritten."""
+    out = tmp_path / EVIL_FOLDER
+    shutil.copytree(tiny_run[0], out)
+    return pipeline.write_run_report(out)
+
+
+def test_the_report_links_every_figure_and_escapes_what_it_shows(tiny_run, tmp_path):
+    assert (tiny_run[0] / "report.html").is_file() and tiny_run[1].summaries["report"]["report"]
+    report = report_of(tiny_run, tmp_path)
+    text = report.read_text(encoding="utf-8")
+    links = re.findall(r'<img src="([^"]+)"', text)
+    # a field with its outlines, training curves, confusion matrices and AP per method, galleries
+    for expected in ("report/field_overlay.png", "train/training_curves.png",
+                     "evaluation/head/confusion_matrices.png", "evaluation/knn/class_ap.png",
+                     "report/cells_true_predicted.png", "report/top_cells.png",
+                     "report/query_neighbours.png"):
+        assert expected in links, expected
+    for link in links:  # relative, inside the run folder, and there
+        assert not link.startswith(("/", "http")) and (report.parent / unquote(link)).is_file(), link
+    summary = json.loads((report.parent / "evaluation" / "summary.json").read_text())
+    for method, scores in summary["methods"].items():
+        row = re.search(rf"<tr><td>{method}</td>(.*?)</tr>", text).group(1)
+        assert f"{scores['scores']['competition_map']:.3f}" in row
+    assert "&lt;script&gt;window.__pwned=1&lt;" in text and "<script>" not in text
+    assert "the map stage has not run or is disabled" in text  # TINY has no map
+
+
+def test_the_report_opens_in_a_browser_with_every_figure(tiny_run, tmp_path, chromium):
+    report = report_of(tiny_run, tmp_path)
+    page = chromium.new_page()
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => (i.scrollIntoView(), i.src))")
+    page.wait_for_function("[...document.images].every(i => i.complete)")
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == len(sizes) >= 7 and min(widths) > 0
+    assert page.evaluate("window.__pwned === undefined") and problems == []
+    page.close()
+
+
+def test_the_report_command_rewrites_a_runs_report(tiny_run, tmp_path, capsys):
+    from hpa_embed.cli import main
+
+    out = copy_of(tiny_run, tmp_path)
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and (out / "report.html").stat().st_size > 2000
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "config.toml: not found: not a run folder" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from hpa_embed.io import read_mask, write_png
+from hpa_embed.io import DataError, read_mask, write_png
 from hpa_embed.segment import (
     ClassicalSegmenter,
     HPACellSegmenter,
@@ -418,7 +418,7 @@ def test_hpacellseg_adapter_with_fake_package(weight_files):
 
 
 def test_hpacellseg_adapter_errors(weight_files, tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(DataError, match="missing.pth: HPA Cell Segmentation nucleus model weights not found"):
         HPACellSegmenter(tmp_path / "missing.pth", weight_files[1], device="cpu")
     with pytest.raises(ValueError, match="device"):
         HPACellSegmenter(*weight_files, device="gpu")

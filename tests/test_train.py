@@ -123,7 +123,7 @@ def test_resume_continues_exactly(tiny_store_path, tmp_path, monkeypatch):
         fit(tiny_store_path, tmp_path / "resumed", progress=False, **configs)
     monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
     assert len(pd.read_csv(tmp_path / "resumed" / "history.csv")) == 2
-    with pytest.raises(FileExistsError, match="a run is already there; resume it"):
+    with pytest.raises(DataError, match="a training run is already there; resume it"):
         fit(tiny_store_path, tmp_path / "resumed", progress=False, **configs)
     resumed = fit(tiny_store_path, tmp_path / "resumed", resume=True, progress=False, **configs)
 
