@@ -16,14 +16,19 @@ The table is the commit point. :meth:`CellStore.append` first writes every chunk
 (a partial last chunk is rewritten as old rows + new rows under the same name, atomically, so the
 rows a reader already sees never change), and only then replaces ``cells.parquet`` atomically.
 A crash at any point leaves the previous table, which references only rows that are on disk.
-One process writes to a store at a time; any number may read.
+
+Writers take ``<store>/write.lock`` (an exclusive ``flock``) for each append or column change and
+first read the table again if another writer committed since, so processes appending to one
+store take turns and lose nothing; any number may read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ LIST_COLUMNS: tuple[str, ...] = ("image_labels", "true_labels")
 _META_FILE = "store.json"
 _TABLE_FILE = "cells.parquet"
 _CHUNK_DIR = "crops"
+_LOCK_FILE = "write.lock"
 
 
 def _fsync(path: Path) -> None:
@@ -62,6 +68,27 @@ def _to_id_list(value) -> list[int] | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     return [int(v) for v in value]
+
+
+def _table_stamp(table_path: Path) -> tuple[int, int, int] | None:
+    """What identifies a committed table file (inode, size, mtime); None when there is none."""
+    try:
+        stat = table_path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _read_table(table_path: Path) -> pd.DataFrame:
+    if not table_path.is_file():
+        return _empty_table()
+    cells = pd.read_parquet(table_path)
+    for column in LIST_COLUMNS:
+        if column in cells:
+            cells[column] = [_to_id_list(value) for value in cells[column]]
+    if not np.array_equal(cells["row"].to_numpy(), np.arange(len(cells))):
+        raise DataError(table_path, "column 'row' is not 0..N-1 in order")
+    return cells
 
 
 class CellStore:
@@ -82,6 +109,7 @@ class CellStore:
         self.meta = meta
         self._cells = cells
         self._chunks: dict[int, np.ndarray] = {}
+        self._stamp = _table_stamp(path / _TABLE_FILE)
 
     # ----------------------------------------------------------------------- open / create
 
@@ -139,17 +167,7 @@ class CellStore:
         """Open an existing store; raises :class:`~hpa_embed.io.DataError` if it is not one."""
         path = Path(path)
         meta = read_header(path / _META_FILE, FORMAT_NAME, {FORMAT_VERSION}, what="cell store")
-        table_path = path / _TABLE_FILE
-        if table_path.is_file():
-            cells = pd.read_parquet(table_path)
-            for column in LIST_COLUMNS:
-                if column in cells:
-                    cells[column] = [_to_id_list(value) for value in cells[column]]
-            if not np.array_equal(cells["row"].to_numpy(), np.arange(len(cells))):
-                raise DataError(table_path, "column 'row' is not 0..N-1 in order")
-        else:
-            cells = _empty_table()
-        return cls(path, meta, cells)
+        return cls(path, meta, _read_table(path / _TABLE_FILE))
 
     # ----------------------------------------------------------------------- reading
 
@@ -264,18 +282,18 @@ class CellStore:
         if cells["cell_id"].duplicated().any():
             raise ValueError(f"duplicate cell_id in the new cells: "
                              f"{cells['cell_id'][cells['cell_id'].duplicated()].iloc[0]!r}")
-        clash = set(cells["cell_id"]) & set(self._cells["cell_id"])
-        if clash:
-            raise ValueError(f"{len(clash)} cell_id(s) already in the store, e.g. {sorted(clash)[0]!r}")
         if len(cells) == 0:
             return np.empty(0, dtype=np.int64)
-
-        start = len(self)
-        rows = np.arange(start, start + len(cells), dtype=np.int64)
-        self._write_rows(start, crops)
-        new = cells.drop(columns=["row"], errors="ignore").assign(row=rows)
-        table = new if start == 0 else pd.concat([self._cells, new], ignore_index=True)
-        self._write_table(table)
+        with self._writing():
+            clash = set(cells["cell_id"]) & set(self._cells["cell_id"])
+            if clash:
+                raise ValueError(f"{len(clash)} cell_id(s) already in the store, e.g. {sorted(clash)[0]!r}")
+            start = len(self)
+            rows = np.arange(start, start + len(cells), dtype=np.int64)
+            self._write_rows(start, crops)
+            new = cells.drop(columns=["row"], errors="ignore").assign(row=rows)
+            table = new if start == 0 else pd.concat([self._cells, new], ignore_index=True)
+            self._write_table(table)
         return rows
 
     def set_columns(self, columns: Mapping[str, Sequence[Any]]) -> None:
@@ -283,8 +301,28 @@ class CellStore:
         for name in columns:
             if name in ("row", "cell_id"):
                 raise ValueError(f"column {name!r} is managed by the store and cannot be set")
-        table = self._cells.assign(**{name: list(values) for name, values in columns.items()})
-        self._write_table(table)
+        known = len(self)
+        with self._writing():
+            if len(self) != known:
+                raise DataError(self.path / _TABLE_FILE, f"another writer added {len(self) - known} cells "
+                                "since these columns were computed; compute them again")
+            table = self._cells.assign(**{name: list(values) for name, values in columns.items()})
+            self._write_table(table)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the store's writer lock; first take in what other writers committed meanwhile."""
+        with open(self.path / _LOCK_FILE, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the writer before us
+            try:
+                stamp = _table_stamp(self.path / _TABLE_FILE)
+                if stamp != self._stamp:
+                    self._cells = _read_table(self.path / _TABLE_FILE)
+                    self._chunks.clear()  # a partial chunk may have been rewritten
+                    self._stamp = stamp
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write_rows(self, start: int, crops: np.ndarray) -> None:
         written = 0
@@ -313,3 +351,4 @@ class CellStore:
             table.to_parquet(tmp, index=False)
             _fsync(tmp)
         self._cells = table
+        self._stamp = _table_stamp(self.path / _TABLE_FILE)

@@ -253,6 +253,63 @@ def test_failed_append_leaves_previous_store_readable(tmp_path, monkeypatch, fai
                                   np.concatenate([crops, more_crops]))
 
 
+def labelled_crops(prefix: str, start: int, n: int):
+    """Cells ``<prefix><i>`` whose crops are filled with ``i`` (so a crop names its cell)."""
+    numbers = np.arange(start, start + n)
+    cells = pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in numbers], "image_id": [prefix] * n})
+    return cells, np.broadcast_to(numbers.astype(np.uint8)[:, None, None, None], (n, 4, 8, 8)).copy()
+
+
+def assert_every_crop_is_its_cells(store_path: Path, expected_ids: set[str]):
+    store = CellStore.open(store_path)
+    ids = store.cells["cell_id"].tolist()
+    assert len(ids) == len(set(ids)) and set(ids) == expected_ids  # none lost, none twice
+    crops = store.get_crops(store.cells["row"].to_numpy())
+    for cell_id, crop in zip(ids, crops):
+        assert (crop == int(cell_id[1:])).all(), cell_id
+
+
+def test_two_writers_of_one_store_take_turns_and_lose_nothing(tmp_path):
+    CellStore.create(tmp_path / "s", crop_size=8, chunk_size=4)
+    first, second = CellStore.open(tmp_path / "s"), CellStore.open(tmp_path / "s")
+    expected = set()
+    for batch in range(4):  # each writer's table is stale when it appends: it reads it again
+        for prefix, store in (("a", first), ("b", second)):
+            cells, crops = labelled_crops(prefix, 3 * batch, 3)
+            store.append(cells, crops)
+            expected |= set(cells["cell_id"])
+    assert len(first) == len(second) - 3 == 21
+    assert_every_crop_is_its_cells(tmp_path / "s", expected)
+    with pytest.raises(DataError, match="another writer added 3 cells"):
+        first.set_columns({"split": ["train"] * 21})
+    with pytest.raises(ValueError, match="already in the store"):
+        first.append(*labelled_crops("b", 0, 1))
+
+
+WRITER = """
+import sys, time
+import numpy as np, pandas as pd
+from hpa_embed.store import CellStore
+store, prefix = CellStore.open(sys.argv[1]), sys.argv[2]
+for batch in range(8):
+    numbers = np.arange(3 * batch, 3 * batch + 3)
+    cells = pd.DataFrame({"cell_id": [f"{prefix}{i}" for i in numbers], "image_id": [prefix] * 3})
+    store.append(cells, np.broadcast_to(numbers.astype(np.uint8)[:, None, None, None], (3, 4, 8, 8)).copy())
+    time.sleep(0.01)
+"""
+
+
+def test_two_processes_appending_to_one_store_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    CellStore.create(tmp_path / "s", crop_size=8, chunk_size=4)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "s"), prefix])
+               for prefix in ("a", "b")]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    assert_every_crop_is_its_cells(tmp_path / "s", {f"{p}{i}" for p in "ab" for i in range(24)})
+
+
 # --------------------------------------------------------------------------- build_store
 
 
