@@ -79,6 +79,13 @@ def _table_stamp(table_path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def _table_rows(table_path: Path) -> int:
+    """Rows of the committed table, from its footer alone (0 when there is none)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(table_path).num_rows if table_path.is_file() else 0
+
+
 def _read_table(table_path: Path) -> pd.DataFrame:
     if not table_path.is_file():
         return _empty_table()
@@ -104,12 +111,15 @@ class CellStore:
         The content of ``store.json``.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], cells: pd.DataFrame):
+    def __init__(self, path: Path, meta: dict[str, Any], cells: pd.DataFrame,
+                 stamp: tuple[int, int, int] | None = None):
         self.path = path
         self.meta = meta
         self._cells = cells
         self._chunks: dict[int, np.ndarray] = {}
-        self._stamp = _table_stamp(path / _TABLE_FILE)
+        # the table file the cells were read from, taken before reading it: a table committed by
+        # another writer meanwhile differs from it and is read again before this store writes
+        self._stamp = stamp
 
     # ----------------------------------------------------------------------- open / create
 
@@ -167,7 +177,8 @@ class CellStore:
         """Open an existing store; raises :class:`~hpa_embed.io.DataError` if it is not one."""
         path = Path(path)
         meta = read_header(path / _META_FILE, FORMAT_NAME, {FORMAT_VERSION}, what="cell store")
-        return cls(path, meta, _read_table(path / _TABLE_FILE))
+        stamp = _table_stamp(path / _TABLE_FILE)
+        return cls(path, meta, _read_table(path / _TABLE_FILE), stamp)
 
     # ----------------------------------------------------------------------- reading
 
@@ -315,8 +326,10 @@ class CellStore:
         with open(self.path / _LOCK_FILE, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the writer before us
             try:
+                # tables only grow between writers: a row count that differs catches a commit
+                # whose file stamp happens to equal ours (coarse mtime, a reused inode)
                 stamp = _table_stamp(self.path / _TABLE_FILE)
-                if stamp != self._stamp:
+                if stamp != self._stamp or _table_rows(self.path / _TABLE_FILE) != len(self._cells):
                     self._cells = _read_table(self.path / _TABLE_FILE)
                     self._chunks.clear()  # a partial chunk may have been rewritten
                     self._stamp = stamp
