@@ -162,13 +162,15 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of seed-ce and of the best weak recipe")
+    parser.add_argument("--test-fraction", type=float, default=0.3,
+                        help="share of the images held out for the test (validation: 0.1)")
     parser.add_argument("--out", type=Path, default=Path("bench-output/recipes"))
     args = parser.parse_args()
     started = time.perf_counter()
     base = RunConfig(
         input=InputConfig(preset=args.preset, n_images=args.images, seed=11),
         crop=CropConfig(crop_size=args.crop_size),
-        split=SplitConfig(fractions=(0.6, 0.1, 0.3)),
+        split=SplitConfig(fractions=(0.9 - args.test_fraction, 0.1, args.test_fraction)),
         model=ModelConfig(arch=args.arch, in_chans=4, crop_size=args.crop_size),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle", device=args.device),
         evaluate=EvaluateConfig(split="test"),
@@ -178,8 +180,11 @@ def main() -> None:
     true_store = true_mask_store(shared, base.crop, base.split)
     cells = CellStore.open(shared.store).cells
     test = cells[cells["split"] == "test"]
+    _, Y_test = cell_targets(cells, "true_labels", splits="test")
+    absent = np.flatnonzero(Y_test.sum(axis=0) == 0).tolist()
     print(f"{args.images} '{args.preset}' fields: {len(cells)} cells, {len(test)} held-out test cells in "
-          f"{test['image_id'].nunique()} test images; {machine()}", file=sys.stderr)
+          f"{test['image_id'].nunique()} test images, classes absent from them: {absent or 'none'}; "
+          f"{machine()}", file=sys.stderr)
     rows = {"intensity statistics": intensity_model(shared, true_store, args.out / "intensity")}
 
     folders: dict[str, Path] = {}
@@ -237,6 +242,13 @@ def main() -> None:
     floor = rows["intensity statistics"]["predicted_masks"]
     below = [name for name in learned if rows[name]["predicted_masks"] <= floor]
     print(f"recipes not above the intensity-statistics model: {', '.join(below) or 'none'}")
+    if "seed-ce" in rows and "oracle" in rows:
+        seed_ce = rows["seed-ce"]["true_masks"]
+        margin = rows["oracle"]["true_masks"] - rows["intensity statistics"]["true_masks"]
+        highest = max(row["true_masks"] for row in rows.values())
+        print(f"calibration (true masks): seed-ce {seed_ce:.3f} (promise 0.30-0.42), "
+              f"oracle - intensity statistics {margin:+.3f} (promise >= +0.15), "
+              f"highest {highest:.3f} (promise: nothing near 1.0)")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ _PUBLIC = {
     "extract_crops": "crops",
     "build_store": "crops",
     "assign_splits": "crops",
+    "merge_stores": "crops",
+    # where the per-field stages run
+    "select_shard": "executors",
+    "LostBatchesError": "executors",
     # config
     "ConfigError": "config",
     "RunConfig": "config",
@@ -115,6 +119,7 @@ _PUBLIC = {
     "evaluate_predictions": "evaluate",
     "encode_binary_mask": "rle",
     "decode_binary_mask": "rle",
+    "RleError": "rle",
     "build_submission": "submission",
     "write_submission": "submission",
     "read_submission": "submission",

@@ -9,6 +9,7 @@ and :func:`fuse_scores` blends image-level scores back into the cells'.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .config import IndexConfig
-from .index import CellIndex
+from .index import BLOCK_SIZE, CellIndex
 from .io import HpaEmbedError
 from .labels import NEGATIVE
 
@@ -122,7 +123,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             self.Y_ = self.Y_.astype(np.int64)
             self.multilabel_ = False
         elif y.ndim == 2:
-            if not np.isin(y, (0, 1)).all():
+            if y.dtype != bool and not np.isin(y, (0, 1)).all():  # isin would copy y as int64
                 raise ValueError("a 2-D y must be multi-hot: bool or 0/1 values")
             self.Y_ = y.astype(bool)
             self.classes_ = np.arange(y.shape[1])
@@ -184,9 +185,18 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
 
         Single-label: the weighted fraction of neighbours with each label (rows sum to 1).
         Multi-label: for each class, the weighted fraction of neighbours that have it.
-        A query whose neighbours all are missing gets a row of zeros.
+        A query whose neighbours all are missing gets a row of zeros. The queries are searched
+        ``BLOCK_SIZE`` at a time, so a memory-mapped ``X`` is read block by block.
         """
         check_is_fitted(self, "index_")
+        X = np.asarray(X)
+        out = np.empty((len(X), len(self.classes_)))
+        for start in range(0, len(X), BLOCK_SIZE):
+            out[start:start + BLOCK_SIZE] = self._proba(X[start:start + BLOCK_SIZE])
+        return out
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` of one block of queries."""
         weights, rows = self._votes(X)
         n, n_classes = len(rows), len(self.classes_)
         if self.multilabel_:
@@ -253,7 +263,7 @@ def head_probabilities(
     classifier = model.classifier.eval()
     with torch.inference_mode():
         for start in range(0, len(X), batch_size):
-            logits = classifier(torch.from_numpy(X[start : start + batch_size]))
+            logits = classifier(torch.tensor(X[start : start + batch_size]))  # a copy: X may be read-only
             scores = torch.softmax(logits, 1) if activation == "softmax" else torch.sigmoid(logits)
             out[start : start + len(logits)] = scores.numpy()
     return out
@@ -345,6 +355,7 @@ def predict_cells(
     index_config: IndexConfig | None = None,
     negative: str = "complement",
     fusion_weight: float = 0.0,
+    reference_splits: str | Sequence[str] | None = None,
 ) -> np.ndarray:
     """Per-cell class probabilities float32 ``[N, K]`` for the cells of an embeddings directory.
 
@@ -356,19 +367,24 @@ def predict_cells(
         ``"head"``: the trained linear classifier (:func:`head_probabilities`; ``checkpoint``
         defaults to the one the embeddings came from). ``"knn"``: :class:`KNNClassifier` with
         the labelled cells of ``reference`` (another embeddings directory, e.g. the training
-        split) as neighbours, labels from its ``label_mode`` column.
+        split) as neighbours, labels from its ``label_mode`` column. A reference read from a path
+        is memory-mapped and indexed block by block, so it may be larger than memory.
     negative : {"complement", "model"}
         How Negative is scored: :func:`score_negative`, or the model's own output alone.
     fusion_weight : float in [0, 1]
         Blend each cell's scores with its image's, the maximum over the image's cells
         (:func:`fuse_scores`, ``"mean"``); 0 leaves the cells alone.
+    reference_splits : str or sequence of str, optional
+        Only the reference cells of these splits vote (e.g. ``"train"`` when ``reference`` is
+        ``embeddings`` itself); default all.
     """
-    from .data import cell_targets
+    from .data import cell_targets, label_column
     from .embed import Embeddings, read_embeddings
 
     if negative not in ("complement", "model"):
         raise ValueError(f"negative={negative!r}: choose 'complement' or 'model'")
-    embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)
+    embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(
+        embeddings, mmap=True, columns=["image_id"])
     if method == "head":
         checkpoint = checkpoint or embedded.meta.get("checkpoint")
         if checkpoint is None:
@@ -378,12 +394,17 @@ def predict_cells(
     elif method == "knn":
         if reference is None:
             raise ValueError("method='knn' needs reference embeddings (labelled cells to vote)")
-        ref = reference if isinstance(reference, Embeddings) else read_embeddings(reference)
-        positions, Y = cell_targets(ref.cells, label_mode)
+        ref = reference if isinstance(reference, Embeddings) else read_embeddings(
+            reference, mmap=True, columns=[label_column(label_mode), "split"])
+        positions, Y = cell_targets(ref.cells, label_mode, splits=reference_splits)
         if len(positions) == 0:
             raise ValueError(f"the reference cells carry no {label_mode}")
-        knn = KNNClassifier(n_neighbors=min(n_neighbors, len(positions)), index_config=index_config)
-        probabilities = knn.fit(np.asarray(ref.X)[positions], Y).predict_proba(embedded.X).astype(np.float32)
+        cell_ids, X_ref = ref.cells["cell_id"].astype(str).to_numpy(dtype=object)[positions], ref.X
+        del ref  # a table read here is no longer needed (a million cells' labels take hundreds of MB)
+        # the labelled rows are indexed block by block: a memory-mapped reference stays on disk
+        index = CellIndex.build(X_ref, cell_ids, index_config, rows=positions, progress=False)
+        knn = KNNClassifier(n_neighbors=min(n_neighbors, len(positions)))
+        probabilities = knn.fit(index, Y).predict_proba(embedded.X).astype(np.float32)
     else:
         raise ValueError(f"method={method!r}: choose 'head' or 'knn'")
     if fusion_weight:

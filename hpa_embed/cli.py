@@ -2,8 +2,11 @@
 
 ``hpa-embed run CONFIG.toml --out DIR`` runs every stage from one config
 (:func:`hpa_embed.pipeline.run_pipeline`); ``hpa-embed demo`` is that call with the shipped demo
-config. The other subcommands run one stage each. Exit status: 0 on success, 1 when some fields
-failed, 2 for bad arguments and for the library's own input and configuration errors.
+config. The other subcommands run one stage each. Exit status: 0 on success (fields that could not
+be used are skipped, listed and written to ``skipped.csv`` beside the output), 1 when no field
+succeeded or, with ``--strict``, when any was skipped, or when batches of fields were lost to a
+dead worker (run again), 2 for bad arguments and for the library's own input and configuration
+errors.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .batch import SKIPPED_FILE, BatchError, check_skipped, describe_skipped
 from .io import HpaEmbedError, atomic_path
 
 log = logging.getLogger("hpa_embed")
@@ -28,8 +32,19 @@ def _format_table(frame) -> str:
 # --------------------------------------------------------------------------- the whole run
 
 
+def _print_skipped(skipped: dict[str, str], out: Path) -> None:
+    """The skipped fields, and where the full list is."""
+    if skipped:
+        print("\n".join(describe_skipped(skipped)))
+        print(f"{len(skipped)} field(s) skipped, listed with the reasons in {out / SKIPPED_FILE}")
+
+
 def _print_run(result) -> None:
     print(f"stages run: {', '.join(result.ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")
+    for stage, skipped in result.fields_skipped.items():
+        if skipped:
+            print(f"{stage}:")
+            _print_skipped(skipped, result.paths.out)
     summaries = result.summaries
     segmentation = summaries.get("segment", {}).get("against_truth", {}).get("cellmask")
     if segmentation:
@@ -64,7 +79,8 @@ def _run_run(args: argparse.Namespace) -> int:
     if args.recipe:
         config = recipe_config(args.recipe, config)
     result = run_pipeline(config, args.out, from_stage=args.from_stage, until_stage=args.until_stage,
-                          workers=args.workers, progress=not args.no_progress)
+                          workers=args.workers, progress=not args.no_progress, strict=args.strict,
+                          executor=args.dask_scheduler)
     _print_run(result)
     return 0
 
@@ -147,11 +163,11 @@ def _run_segment(args: argparse.Namespace) -> int:
                            mask_format=args.format)
     report = segment_directory(args.images, args.out, create_segmenter(config), workers=args.workers,
                                mask_format=config.mask_format, progress=not args.no_progress,
-                               overlay=args.overlay)
+                               overlay=args.overlay, executor=args.dask_scheduler, shard=args.shard)
     print(report)
-    for image_id, reason in report.failed.items():
-        print(f"  failed {image_id}: {reason}")
-    return 1 if report.failed else 0
+    _print_skipped(report.failed, Path(args.out))
+    check_skipped(report.failed, len(report.done) + len(report.skipped), args.strict, args.images)
+    return 0
 
 
 def _run_crop(args: argparse.Namespace) -> int:
@@ -166,12 +182,22 @@ def _run_crop(args: argparse.Namespace) -> int:
     config = CropConfig(**{"channels": CHANNELS, **given}) if given else None
     report = build_store(args.images, args.masks, args.out, labels=args.labels, truth=args.truth,
                          config=config, workers=args.workers, fields_per_commit=args.fields_per_commit,
-                         seed=args.seed)
+                         seed=args.seed, executor=args.dask_scheduler, shard=args.shard)
     print(f"added {report.cells_added} cells from {len(report.fields_added)} fields to {args.out} "
-          f"({len(report.fields_skipped)} fields already there, {len(report.fields_failed)} failed)")
-    for image_id, reason in report.fields_failed.items():
-        print(f"  failed {image_id}: {reason}")
-    return 1 if report.fields_failed else 0
+          f"({len(report.fields_skipped)} fields already there, {len(report.fields_failed)} skipped)")
+    _print_skipped(report.fields_failed, Path(args.out))
+    check_skipped(report.fields_failed, len(report.fields_added) + len(report.fields_skipped), args.strict,
+                  args.images)
+    return 0
+
+
+def _run_merge_stores(args: argparse.Namespace) -> int:
+    from .crops import merge_stores
+
+    store = merge_stores(args.parts, args.out, seed=args.seed)
+    print(f"merged {len(args.parts)} part stores into {args.out}: {len(store)} cells of "
+          f"{store.cells['image_id'].nunique()} fields")
+    return 0
 
 
 def _training_config(args: argparse.Namespace):
@@ -213,6 +239,8 @@ def _run_embed(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, device=args.device or "auto",
                          progress=not args.no_progress)
     print(f"wrote {len(result)} embeddings of dimension {result.X.shape[1]} to {args.out}")
+    _print_skipped(result.meta["skipped"], Path(args.out))
+    check_skipped(result.meta["skipped"], len(result), args.strict, args.store)
     return 0
 
 
@@ -278,7 +306,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     from .classify import predict_cells, write_predictions
     from .embed import read_embeddings
 
-    embedded = read_embeddings(args.embeddings)
+    embedded = read_embeddings(args.embeddings, mmap=True)
     probabilities = predict_cells(embedded, args.method, checkpoint=args.checkpoint, reference=args.reference,
                                   label_mode=args.label_mode, n_neighbors=args.k, negative=args.negative,
                                   fusion_weight=args.fusion_weight)
@@ -383,7 +411,27 @@ def _shared_parsers() -> dict[str, argparse.ArgumentParser]:
     progress.add_argument("--no-progress", action="store_true", help="no progress bars")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's; else cuda if present)")
-    return {"verbosity": verbosity, "workers": workers, "progress": progress, "device": device}
+    strict = argparse.ArgumentParser(add_help=False)
+    strict.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when any field is skipped (default: when none succeeds)")
+    dask = argparse.ArgumentParser(add_help=False)
+    dask.add_argument("--dask-scheduler", metavar="ADDRESS",
+                      help="run the per-field tasks on this Dask scheduler (e.g. tcp://host:8786); the "
+                      "input and output paths must be on storage its workers share (docs/cluster.md)")
+    shard = argparse.ArgumentParser(add_help=False)
+    shard.add_argument("--shard", type=_shard, metavar="I/N",
+                       help="only shard I of N (0-based) of the fields, for array jobs, e.g. "
+                       "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)")
+    return {"verbosity": verbosity, "workers": workers, "progress": progress, "device": device,
+            "strict": strict, "dask": dask, "shard": shard}
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> ``(I, N)`` (see :func:`hpa_embed.executors.select_shard`)."""
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -404,7 +452,7 @@ def get_parser() -> argparse.ArgumentParser:
         return sub
 
     run = add("run", _run_run, "run every stage of a config: fields to evaluation (resumable)",
-              ("workers", "progress"),
+              ("workers", "progress", "strict", "dask"),
               description="Run the stages input, segment, crop, train, embed, index, classify, evaluate, "
               "map and report from one TOML config into --out. Stages whose output is up to date are "
               "skipped; a config change reruns the stages it touches; an interrupted run resumes. See "
@@ -456,11 +504,12 @@ def get_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--top", type=int, default=10, help="combinations to list")
 
     segment = add("segment", _run_segment, "segment every field of a directory into cell and nucleus masks",
-                  ("workers", "progress", "device"),
+                  ("workers", "progress", "device", "strict", "dask", "shard"),
                   description="Write <out>/<ID>_cellmask.png and <ID>_nucleimask.png (16-bit label images: "
                   "pixel value = cell id, 0 = background; nucleus id == cell id) for every field; fields "
-                  "already done are skipped, unreadable ones reported. With --overlay also "
-                  "<ID>_overlay.png, an RGB picture to look at (the masks stay label images).")
+                  "already done are skipped; unreadable ones are skipped and listed in <out>/skipped.csv. "
+                  "With --overlay also <ID>_overlay.png, an RGB picture to look at (the masks stay label "
+                  "images).")
     segment.add_argument("images", help="directory of <ID>_<channel> images")
     segment.add_argument("--out", required=True, help="directory for the masks")
     segment.add_argument("--segmenter", choices=("classical", "hpacellseg"), default="classical")
@@ -473,7 +522,8 @@ def get_parser() -> argparse.ArgumentParser:
                          "RGBY composite, beside the masks")
     segment.set_defaults(device="cpu")
 
-    crop = add("crop", _run_crop, "cut every cell out into a CellStore (resumable, appendable)", ("workers",),
+    crop = add("crop", _run_crop, "cut every cell out into a CellStore (resumable, appendable)",
+               ("workers", "strict", "dask", "shard"),
                description="Crop the cells of every field into a CellStore directory (cells.parquet + "
                "crop chunks). Re-running resumes; pointing at new images appends.")
     crop.add_argument("images", help="directory of <ID>_<channel> images")
@@ -488,6 +538,15 @@ def get_parser() -> argparse.ArgumentParser:
     crop.add_argument("--rgb", action="store_true", help="store red, green, blue only")
     crop.add_argument("--fields-per-commit", type=int, default=32)
     crop.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+
+    merge = add("merge-stores", _run_merge_stores, "join the part stores of `crop --shard` runs into one",
+                description="Merge part stores (same crop settings, disjoint fields) into a new store OUT: "
+                "their full crop chunks are hard-linked, not copied; the images get their train/val/test "
+                "split as one run over all the fields would give them. Overlapping or inconsistent parts "
+                "are refused.")
+    merge.add_argument("out", metavar="OUT", help="the merged CellStore directory (must not exist)")
+    merge.add_argument("parts", nargs="+", metavar="PART", help="part stores (crop --shard I/N --out PART)")
+    merge.add_argument("--seed", type=int, default=0, help="seed of the split (as given to crop)")
 
     train = add("train", _run_train, "train a cell embedding model on a CellStore", ("progress", "device"),
                 description="Train (or resume) a run: history.csv, checkpoints/last and checkpoints/best in "
@@ -511,7 +570,7 @@ def get_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--steps", type=int, default=100)
 
     embed = add("embed", _run_embed, "embed the cells of a CellStore with a trained checkpoint",
-                ("progress", "device"),
+                ("progress", "device", "strict"),
                 description="Write <out>/embeddings.npy (float32 [N, D], L2-normalised), <out>/cells.parquet "
                 "(the store's rows in the same order) and <out>/embed.json. Under torchrun each process "
                 "embeds a shard.")
@@ -664,6 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.run(args)
+    except BatchError as error:
+        print(f"hpa-embed {args.command}: {error}", file=sys.stderr)
+        return 1
     except HpaEmbedError as error:
         print(f"hpa-embed {args.command}: error: {error}", file=sys.stderr)
         return 2

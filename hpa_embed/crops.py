@@ -28,19 +28,31 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .batch import read_skipped, write_skipped
 from .config import CropConfig
-from .io import DataError, LabelTable, find_mask_file, list_field_ids, read_field, read_labels, read_mask
+from .executors import check_lost, map_batches, select_shard
+from .io import (
+    DataError,
+    LabelTable,
+    atomic_path,
+    find_mask_file,
+    list_field_ids,
+    read_field,
+    read_labels,
+    read_mask,
+)
 from .labels import HPA2021
 from .store import CellStore
 
@@ -50,6 +62,7 @@ __all__ = [
     "extract_crops",
     "BuildReport",
     "build_store",
+    "merge_stores",
     "assign_splits",
     "SPLITS",
 ]
@@ -278,23 +291,9 @@ def _crop_field(job: _FieldJob) -> tuple[str, pd.DataFrame | None, np.ndarray | 
     return job.image_id, cells, crops, None
 
 
-def _run_jobs(jobs: Sequence[_FieldJob], workers: int) -> Iterator[tuple]:
-    """Results of :func:`_crop_field` in job order; at most ``2 * workers`` fields in flight."""
-    if workers <= 1:
-        yield from map(_crop_field, jobs)
-        return
-    executor = ProcessPoolExecutor(max_workers=workers)
-    try:
-        pending: deque = deque()
-        for job in jobs:
-            pending.append(executor.submit(_crop_field, job))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        # On an interruption, drop the fields not started yet instead of cropping them for nothing.
-        executor.shutdown(wait=True, cancel_futures=True)
+def _crop_batch(jobs: list[_FieldJob]) -> list[tuple]:
+    """Task: :func:`_crop_field` for each field of a batch; the driver appends the crops."""
+    return [_crop_field(job) for job in jobs]
 
 
 @dataclass
@@ -333,13 +332,16 @@ def build_store(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     progress: bool = True,
+    executor: Executor | Any | str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> BuildReport:
     """Crop every field of a directory into a :class:`~hpa_embed.store.CellStore`.
 
     Fields already in the store are skipped, so re-running after an interruption resumes, and
     pointing at a new directory appends. The table is committed every ``fields_per_commit``
-    fields. A field that cannot be read (bad file, missing or mis-shaped mask) is logged and
-    skipped. A field whose mask holds no cell adds no row, so a later run looks at it again.
+    fields. A field that cannot be read (bad file, missing or mis-shaped mask) is logged,
+    skipped and listed in ``<out>/skipped.csv`` (:mod:`hpa_embed.batch`). A field whose mask
+    holds no cell adds no row, so a later run looks at it again.
     At the end, images without a split get one (:func:`assign_splits`); images that already
     had one keep it.
 
@@ -364,12 +366,22 @@ def build_store(
     image_ids : sequence of str, optional
         Crop only these fields.
     workers : int, optional
-        Processes; default ``min(os.cpu_count(), 8)``; ``<= 1`` crops in this process.
+        Processes; default ``min(os.cpu_count(), 8)``; ``<= 1`` crops in this process. With an
+        ``executor``: the tasks it runs at once (a Dask Client knows its own).
     fields_per_commit : int
     fractions, seed
         Passed to :func:`assign_splits`.
     progress : bool
         Show a progress bar.
+    executor : Executor, dask.distributed.Client or str, optional
+        Where the tasks (a batch of fields each) run: default a local process pool; a Dask
+        Client or scheduler address runs them on its cluster (the fields and masks on storage
+        the workers share). The tasks return their crops and this process appends them, in
+        field order, so the store is the one a local run makes. See :mod:`hpa_embed.executors`.
+    shard : (int, int), optional
+        ``(i, n)``: only the fields of shard ``i`` of ``n`` (:func:`~hpa_embed.executors.select_shard`),
+        into a part store of its own; the splits stay empty until :func:`merge_stores` joins
+        the parts and assigns them as one run would.
     """
     images_dir, masks_dir, out = Path(images_dir), Path(masks_dir), Path(out)
     for directory, what in ((images_dir, "images"), (masks_dir, "masks")):
@@ -400,6 +412,8 @@ def build_store(
                                  scheme=scheme or HPA2021, attrs={"crop": config.to_dict()})
 
     field_ids = list(image_ids) if image_ids is not None else list_field_ids(images_dir)
+    if shard is not None:
+        field_ids = select_shard(field_ids, *shard)
     report = BuildReport(store=out)
     image_labels: dict[str, list[int]] = {}
     if table is not None:
@@ -436,30 +450,115 @@ def build_store(
         batch_cells.clear()
         batch_crops.clear()
 
+    lost: dict[str, str] = {}
     with tqdm(total=len(jobs), desc="crop", unit="field", disable=not progress) as bar:
-        for image_id, cells, crops, error in _run_jobs(jobs, workers):
-            bar.update()
-            if error is not None:
-                log.warning("skipped field %s: %s", image_id, error)
-                report.fields_failed[image_id] = error
+        for batch, results, lost_because in map_batches(_crop_batch, jobs, executor=executor,
+                                                        workers=workers, ordered=True):
+            bar.update(len(batch))
+            if lost_because is not None:
+                lost.update({job.image_id: lost_because for job in batch})
                 continue
-            if cells.empty:
-                log.info("field %s has no cells", image_id)
-            batch_cells.append(cells)
-            batch_crops.append(crops)
-            if len(batch_cells) >= fields_per_commit:
-                commit()
+            for image_id, cells, crops, error in results:
+                if error is not None:
+                    log.warning("skipped field %s: %s", image_id, error)
+                    report.fields_failed[image_id] = error
+                    continue
+                if cells.empty:
+                    log.info("field %s has no cells", image_id)
+                batch_cells.append(cells)
+                batch_crops.append(crops)
+                if len(batch_cells) >= fields_per_commit:
+                    commit()
         commit()
 
-    if len(store) and (store.cells["split"] == "").any():
-        store.set_columns({"split": assign_splits(store.cells, fractions, seed).to_numpy()})
+    report.fields_failed = dict(sorted(report.fields_failed.items()))
+    write_skipped(out, {"crop": report.fields_failed})
+    check_lost(lost, out)  # before the splits: a rerun assigns them over every field, as one run would
+    if shard is None or shard[1] == 1:
+        _assign_missing_splits(store, fractions, seed)
+    else:
+        log.info("%s: shard %d of %d, splits left to merge_stores", out, *shard)
     log.info("%s: %d cell(s) from %d field(s) added, %d field(s) skipped, %d failed",
              out, report.cells_added, len(report.fields_added), len(report.fields_skipped),
              len(report.fields_failed))
     return report
 
 
+def merge_stores(
+    parts: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> CellStore:
+    """Join the part stores of a sharded crop run (``build_store(shard=...)``) into one new store.
+
+    The parts must share their crop settings, channels, class scheme, chunk size and table
+    columns, and hold disjoint fields; anything else is refused. Their full crop chunks are
+    hard-linked into ``out`` (:meth:`CellStore.extend`), so the crops are not written a second
+    time; only the rows of each part's last, partial chunk are copied. Images without a split
+    then get one from :func:`assign_splits` over every image, as one run over all the fields
+    would give them, and the parts' ``skipped.csv`` lists are joined.
+
+    Parameters
+    ----------
+    parts : sequence of path
+        The part stores, in the order their rows should take.
+    out : path
+        The merged store; must not exist (it is written beside and renamed into place).
+    fractions, seed
+        Passed to :func:`assign_splits`: those of the crop runs.
+
+    Returns
+    -------
+    CellStore
+        The merged store, opened from ``out``.
+    """
+    out = Path(out)
+    if not parts:
+        raise ValueError("no part stores to merge")
+    if out.exists():
+        raise FileExistsError(f"{out}: exists; merge_stores writes a new store")
+    stores = [CellStore.open(part) for part in parts]
+    first = stores[0]
+    columns = next((set(store.cells.columns) for store in stores if len(store)), set())
+    owner: dict[str, Path] = {}
+    for store in stores:
+        for key in ("crop_size", "channels", "dtype", "chunk_size", "scheme", "attrs"):
+            if store.meta.get(key) != first.meta.get(key):
+                raise DataError(store.path / "store.json", f"{key} {store.meta.get(key)!r} differs from "
+                                f"{first.meta.get(key)!r} in {first.path}: the parts must come from one "
+                                "crop configuration")
+        if len(store) and set(store.cells.columns) != columns:
+            raise DataError(store.path / "cells.parquet", f"columns {sorted(set(store.cells.columns))} "
+                                                          f"differ from the other parts' {sorted(columns)}")
+        for image_id in store.cells["image_id"].unique():
+            if image_id in owner:
+                raise DataError(store.path, f"field {image_id!r} is also in {owner[image_id]}: the parts "
+                                            "overlap (each field must be cropped by one shard)")
+            owner[image_id] = store.path
+    skipped: dict[str, dict[str, str]] = {}
+    for store in stores:
+        for image_id, stage, reason in read_skipped(store.path).itertuples(index=False):
+            skipped.setdefault(stage, {})[image_id] = reason
+    with atomic_path(out) as tmp:
+        merged = CellStore.create(tmp, crop_size=first.crop_size, channels=first.channels,
+                                  chunk_size=first.chunk_size, scheme=first.scheme,
+                                  attrs=first.meta["attrs"])
+        merged.extend(stores)
+        _assign_missing_splits(merged, fractions, seed)
+        write_skipped(tmp, skipped)
+    log.info("merged %d part store(s), %d cells of %d fields, into %s", len(stores),
+             sum(map(len, stores)), len(owner), out)
+    return CellStore.open(out)
+
+
 # --------------------------------------------------------------------------- splits and weak labels
+
+
+def _assign_missing_splits(store: CellStore, fractions: Sequence[float], seed: int) -> None:
+    """Give the images of a store that have no split one (:func:`assign_splits`)."""
+    if len(store) and (store.cells["split"] == "").any():
+        store.set_columns({"split": assign_splits(store.cells, fractions, seed).to_numpy()})
 
 
 def assign_splits(

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "LABEL_MODES",
     "cell_targets",
+    "label_column",
     "channel_positions",
     "CellDataset",
     "augment_batch",
@@ -45,6 +46,13 @@ __all__ = [
 
 #: How a cell gets its label (:func:`cell_targets`).
 LABEL_MODES: tuple[str, ...] = ("single_label", "image_labels", "true_labels", "pseudo_labels")
+
+
+def label_column(label_mode: str) -> str:
+    """The cells-table column a label mode reads (``"single_label"`` reads ``"image_labels"``)."""
+    if label_mode not in LABEL_MODES:
+        raise ConfigError(f"label_mode={label_mode!r}: choose one of {LABEL_MODES}")
+    return "image_labels" if label_mode == "single_label" else label_mode
 
 
 def cell_targets(
@@ -77,9 +85,7 @@ def cell_targets(
     targets : int64 ``[n]`` (``y``, single_label) or bool ``[n, K]`` (``Y``, the others)
     """
     scheme = get_scheme(scheme)
-    if label_mode not in LABEL_MODES:
-        raise ConfigError(f"label_mode={label_mode!r}: choose one of {LABEL_MODES}")
-    column = "image_labels" if label_mode == "single_label" else label_mode
+    column = label_column(label_mode)
     if column not in cells or (column != "image_labels" and cells[column].isna().all()):
         where = {"true_labels": "per-cell truth comes only from a synthetic data set, given as truth when "
                                 "cropping", "pseudo_labels": "a first training round makes them"}

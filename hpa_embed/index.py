@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,13 @@ def _as_vectors(X: Any, dimension: int | None, metric: str, name: str = "X") -> 
     return array
 
 
+def _training_rows(n: int, config: IndexConfig) -> np.ndarray | None:
+    """Sorted random rows (int64) of ``n`` vectors that train an IVF index; None: all ``n`` train."""
+    if n <= config.train_sample:
+        return None
+    return np.sort(np.random.default_rng(config.seed).choice(n, config.train_sample, replace=False))
+
+
 def _as_cell_ids(cell_ids: Any, n: int) -> np.ndarray:
     """Object array of ``n`` non-empty strings, unique among themselves."""
     ids = np.asarray(cell_ids, dtype=object).ravel()
@@ -205,6 +213,7 @@ class CellIndex:
         self._trained = trained
         self._read_only = read_only
         self._row_of: dict[str, int] | None = None  # built on first need: costly for millions of ids
+        self._building = threading.Lock()  # threads may search at once; lazy structures are built once
 
     # ----------------------------------------------------------------------- construction
 
@@ -233,10 +242,9 @@ class CellIndex:
         dimension = sample.shape[1]
         if kind == "flat":
             return cls(_new_faiss_index(kind, dimension, config, 1), np.empty(0, dtype=object), config, kind)
-        if len(sample) > config.train_sample:
-            rows = np.sort(np.random.default_rng(config.seed).choice(len(sample), config.train_sample,
-                                                                      replace=False))
-            sample = sample[rows]
+        picked = _training_rows(len(sample), config)
+        if picked is not None:
+            sample = sample[picked]
         train = _as_vectors(sample, dimension, config.metric, "sample")
         nlist = resolve_nlist(config, n_total, len(train))
         if kind == "ivfpq" and len(train) < 2**config.pq_nbits:
@@ -251,20 +259,33 @@ class CellIndex:
 
     @classmethod
     def build(cls, X: np.ndarray, cell_ids: Sequence[str], config: IndexConfig | None = None, *,
-              progress: bool = True) -> CellIndex:
+              rows: np.ndarray | None = None, progress: bool = True) -> CellIndex:
         """Index ``X`` (float ``[N, D]``) under ``cell_ids`` (``N`` unique strings).
 
-        IVF kinds train on a random sample of ``config.train_sample`` rows of ``X``. For cosine,
-        rows are L2-normalised block by block, so ``X`` is never copied whole.
+        IVF kinds train on a random sample of ``config.train_sample`` rows of ``X``. ``X`` is read
+        block by block (and L2-normalised per block for cosine), so it is never copied whole: a
+        memory-mapped array stays on disk. ``rows`` (int ``[n]``): index only these rows of ``X``,
+        in this order (e.g. the labelled ones); ``cell_ids`` then names these ``n`` rows.
         """
         config = config or IndexConfig()
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"X must be a 2-D array [N, D], got shape {X.shape}")
-        cell_ids = _as_cell_ids(cell_ids, len(X))
-        index = cls.train_empty(X, config, n_total=len(X))
-        index.add_blocks(((X[start:start + BLOCK_SIZE], cell_ids[start:start + BLOCK_SIZE])
-                          for start in range(0, len(X), BLOCK_SIZE)), total=len(X), progress=progress)
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64).ravel()
+        n = len(X) if rows is None else len(rows)
+        cell_ids = _as_cell_ids(cell_ids, n)
+        sample = X
+        if rows is not None and resolve_kind(config, n) != "flat":  # the sample comes from the rows
+            picked = _training_rows(n, config)
+            sample = X[rows if picked is None else rows[picked]]
+        index = cls.train_empty(sample, config, n_total=n)
+
+        def block(start: int) -> np.ndarray:
+            return X[start:start + BLOCK_SIZE] if rows is None else X[rows[start:start + BLOCK_SIZE]]
+
+        index.add_blocks(((block(start), cell_ids[start:start + BLOCK_SIZE])
+                          for start in range(0, n, BLOCK_SIZE)), total=n, progress=progress)
         return index
 
     @classmethod
@@ -424,8 +445,9 @@ class CellIndex:
         return on_disk_invlists(self._index) is not None
 
     def _row_lookup(self) -> dict[str, int]:
-        if self._row_of is None:
-            self._row_of = {cell_id: row for row, cell_id in enumerate(self._cell_ids.tolist())}
+        with self._building:
+            if self._row_of is None:
+                self._row_of = {cell_id: row for row, cell_id in enumerate(self._cell_ids.tolist())}
         return self._row_of
 
     def rows_of(self, cell_ids: str | Sequence[str]) -> np.ndarray:
@@ -530,11 +552,12 @@ class CellIndex:
 
     def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
         ivf = extract_ivf(self._index)
-        if ivf is not None and ivf.direct_map.no():
-            if self.id_offset:  # FAISS's array map needs ids 0..N-1
-                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-            else:
-                ivf.make_direct_map()
+        with self._building:
+            if ivf is not None and ivf.direct_map.no():
+                if self.id_offset:  # FAISS's array map needs ids 0..N-1
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+                else:
+                    ivf.make_direct_map()
         ids = np.ascontiguousarray(rows, dtype=np.int64) + self.id_offset
         return self._index.reconstruct_batch(ids)
 
@@ -607,8 +630,9 @@ def index_embeddings(embeddings: str | os.PathLike, out: str | os.PathLike, conf
     from .embed import read_embeddings
 
     config = config or IndexConfig()
-    embedded = read_embeddings(embeddings, mmap=True)
-    X, cell_ids = embedded.X, embedded.cell_ids.astype(str).astype(object)
+    embedded = read_embeddings(embeddings, mmap=True, columns=["cell_id"])
+    # only the ids are read from the table; astype(str) keeps the table's string objects
+    X, cell_ids = embedded.X, embedded.cells["cell_id"].astype(str).to_numpy(dtype=object)
     blocks = ((X[start:start + block_size], cell_ids[start:start + block_size])
               for start in range(0, len(X), block_size))
     # train_empty draws its random training sample from the memory-mapped array

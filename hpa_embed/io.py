@@ -292,23 +292,36 @@ def read_header(
 # --------------------------------------------------------------------------- images
 
 
+def _channel_files(directory: Path, image_id: str, channel: str) -> list[Path]:
+    return [
+        directory / f"{image_id}_{channel}{suffix}"
+        for suffix in IMAGE_SUFFIXES
+        if (directory / f"{image_id}_{channel}{suffix}").is_file()
+    ]
+
+
+def _missing_channels(directory: Path, image_id: str, missing: Sequence[str]) -> DataError:
+    """The error for a field that lacks the files of some channels, naming those it has."""
+    present = [channel for channel in CHANNELS if _channel_files(directory, image_id, channel)]
+    names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+    return DataError(
+        directory / f"{image_id}_{missing[0]}.png",
+        f"missing {names} channel{'s' * (len(missing) > 1)} of field {image_id!r}: no "
+        f"{' or '.join(f'{image_id}_{channel}.*' for channel in missing)} file (suffixes "
+        f"{', '.join(IMAGE_SUFFIXES)}); the field has {', '.join(present) or 'no channel files'}, "
+        "but a field needs red, green and blue (and yellow unless read as RGB)",
+    )
+
+
 def find_channel_file(directory: str | os.PathLike, image_id: str, channel: str) -> Path:
     """The file that holds one channel of a field, e.g. ``<dir>/<ID>_green.png``.
 
     Raises :class:`DataError` when no file or more than one file (different suffixes) matches.
     """
     directory = Path(directory)
-    found = [
-        directory / f"{image_id}_{channel}{suffix}"
-        for suffix in IMAGE_SUFFIXES
-        if (directory / f"{image_id}_{channel}{suffix}").is_file()
-    ]
+    found = _channel_files(directory, image_id, channel)
     if not found:
-        raise DataError(
-            directory / f"{image_id}_{channel}.png",
-            f"missing {channel} channel of field {image_id!r} (looked for suffixes "
-            f"{', '.join(IMAGE_SUFFIXES)})",
-        )
+        raise _missing_channels(directory, image_id, [channel])
     if len(found) > 1:
         raise DataError(
             found[0], f"ambiguous {channel} channel: several files match ({[p.name for p in found]})"
@@ -317,10 +330,24 @@ def find_channel_file(directory: str | os.PathLike, image_id: str, channel: str)
 
 
 def _read_tiff(source, path: Path) -> np.ndarray:
-    import tifffile
+    """The first page of a TIFF; more pages (other than reduced-resolution copies) are refused.
 
-    array = tifffile.imread(source)
-    return np.asarray(array)
+    Only the first two pages are looked at: a corrupt file can chain its pages in an endless loop.
+    A page larger than Pillow's decompression-bomb limit is refused before it is allocated.
+    """
+    import tifffile
+    from PIL import Image
+
+    with tifffile.TiffFile(source) as tiff:
+        if not tiff.pages:
+            raise DataError(path, "a TIFF without any image (no valid page)")
+        if tiff.pages.is_multipage and not getattr(tiff.pages[1], "is_reduced", False):
+            raise DataError(path, "a TIFF of several pages; a channel file holds one 2-D image")
+        page = tiff.pages.first
+        if Image.MAX_IMAGE_PIXELS and page.size > 2 * Image.MAX_IMAGE_PIXELS:
+            raise DataError(path, f"image of shape {page.shape} is too large for a field of view "
+                                  f"({page.size} pixels; corrupt header?)")
+        return np.asarray(page.asarray())
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -329,6 +356,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     PNG/JPEG go through Pillow, TIFF/OME-TIFF through tifffile, ``.gz`` is decompressed first.
     An RGB(A) file whose colour planes are equal (a grey image saved in colour) is reduced to one
     plane; any other multi-channel file is refused, since a channel file must hold one channel.
+    So are a TIFF of several pages and a float image with NaN or infinite pixels.
     """
     path = Path(path)
     name = path.name.lower()
@@ -345,6 +373,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
             with Image.open(path) as image:
                 image.load()
+                if image.mode in ("P", "PA"):  # palette indices are not intensities
+                    image = image.convert("RGBA" if image.mode == "PA" else "RGB")
                 array = np.asarray(image)
     except DataError:
         raise
@@ -361,6 +391,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             )
     if array.ndim != 2:
         raise DataError(path, f"expected a 2-D single-channel image, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = np.count_nonzero(~np.isfinite(array))
+        raise DataError(path, f"{bad} of {array.size} pixels are NaN or infinite")
     return array
 
 
@@ -396,12 +429,25 @@ def read_field(
     channels : sequence of str
         Default (red, green, blue, yellow); pass :data:`hpa_embed.labels.RGB_CHANNELS` for a
         3-channel read that never touches the yellow file.
+
+    Raises
+    ------
+    DataError
+        Naming every missing channel file (a field of blue and green only is refused), an
+        ambiguous one (``x_red.png`` beside ``x_red.tif``), an unreadable one, or channels of
+        different shapes. Other files in the directory are ignored.
     """
     for channel in channels:
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}; channels are {CHANNELS}")
     # find every file before reading any, so a missing channel fails fast
-    paths = [find_channel_file(directory, image_id, channel) for channel in channels]
+    try:
+        paths = [find_channel_file(directory, image_id, channel) for channel in channels]
+    except DataError:
+        missing = [channel for channel in channels if not _channel_files(Path(directory), image_id, channel)]
+        if missing:  # name them all at once
+            raise _missing_channels(Path(directory), image_id, missing) from None
+        raise
     planes = []
     for channel, path in zip(channels, paths):
         plane = to_unit_float(read_image(path), path)
@@ -542,6 +588,22 @@ _FORMATS = {
 }
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line, fields)`` of each row of a UTF-8 CSV file (a byte-order mark is skipped).
+
+    Raises :class:`DataError` for bytes that are not UTF-8 and for text the csv module refuses.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError as error:
+            raise DataError(path, f"not UTF-8 text ({error.reason})") from None
+        except csv.Error as error:
+            raise DataError(path, f"not valid CSV ({error})", reader.line_num + 1) from None
+
+
 def read_labels(path: str | os.PathLike, scheme: str | ClassScheme | None = None) -> LabelTable:
     """Read a Kaggle label table.
 
@@ -549,15 +611,15 @@ def read_labels(path: str | os.PathLike, scheme: str | ClassScheme | None = None
     format (``Id,Target`` with space-separated ids, 28 classes) from the header; extra columns
     are ignored. ``scheme`` overrides the scheme the header implies.
 
-    Raises :class:`DataError` (naming file and line) for an unknown header, a malformed row, a
-    label that is not an integer or lies outside the scheme, an empty label, or a duplicate ID.
+    Raises :class:`DataError` (naming file and line) for bytes that are not UTF-8 text, an unknown
+    header, a malformed row, a label that is not an integer or lies outside the scheme, an empty
+    label, or a duplicate ID. A byte-order mark (as spreadsheets write) is skipped.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
+    with contextlib.closing(_csv_rows(path)) as rows:
+        header = next(rows, (1, None))[1]
         if header is None:
             raise DataError(path, "empty file (expected a header 'ID,Label' or 'Id,Target')")
         header = [name.strip() for name in header]
@@ -573,8 +635,7 @@ def read_labels(path: str | os.PathLike, scheme: str | ClassScheme | None = None
         image_ids: list[str] = []
         labels: list[list[int]] = []
         first_line: dict[str, int] = {}
-        for row in reader:
-            line = reader.line_num
+        for line, row in rows:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
@@ -587,13 +648,14 @@ def read_labels(path: str | os.PathLike, scheme: str | ClassScheme | None = None
                     path, f"duplicate ID {image_id!r} (first on line {first_line[image_id]})", line
                 )
             first_line[image_id] = line
-            tokens = row[label_index].strip().split(separator)
-            try:
-                ids = [int(token) for token in tokens if token.strip() != ""]
-            except ValueError:
+            numbers = [token.strip() for token in row[label_index].split(separator) if token.strip()]
+            # plain ASCII digits only: int() would also take '1_0' and non-ASCII digits
+            digits = [number.removeprefix("-") for number in numbers]
+            if not all(text.isascii() and text.isdigit() for text in digits):
                 raise DataError(
                     path, f"label {row[label_index]!r} is not {separator!r}-separated integers", line
-                ) from None
+                )
+            ids = [int(number) for number in numbers]
             if not ids:
                 raise DataError(path, f"image {image_id!r} has no label", line)
             bad = [i for i in ids if not 0 <= i < table_scheme.num_classes]

@@ -19,6 +19,8 @@ An output folder holds one subfolder per stage and the records that say what mad
                                 disk); its own figures in <out>/report/
     <out>/stages/<stage>.json   what produced each stage: its config sections, a fingerprint of
                                 them and of the stages before it, start and end times, a summary
+    <out>/skipped.csv           the fields the per-field stages skipped, and why (only when any)
+    <out>/run.lock              held by the run writing to the folder: a second one is refused
 
 A stage is skipped when its record is finished and its fingerprint is the one the config gives
 now. When a section it reads changes (or a stage before it reruns), its folder is removed and it
@@ -32,20 +34,24 @@ trained on needs ``[evaluate] split = "train"`` or ``"all"``, and the summary th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .batch import SKIPPED_FILE, check_skipped, read_skipped, write_skipped
 from .config import ConfigError, InputConfig, RunConfig, read_config_file, write_config_file
 from .io import DataError, atomic_path
 
@@ -71,6 +77,12 @@ _READS: dict[str, tuple[str, ...]] = {
     "map": ("map",),
     "report": (),
 }
+
+#: Stages that work field by field and skip the fields they cannot use.
+_PER_FIELD_STAGES: tuple[str, ...] = ("segment", "crop", "embed")
+#: Stages whose tasks run on the run's executor (a local pool or a Dask cluster).
+_EXECUTOR_STAGES: tuple[str, ...] = ("segment", "crop")
+_RUN_LOCK = "run.lock"
 
 #: Configs shipped with the package (``hpa_embed/configs/<name>.toml``).
 NAMED_CONFIGS: tuple[str, ...] = ("demo", "tiny")
@@ -198,6 +210,12 @@ class PipelineResult:
     summaries: dict[str, dict] = field(default_factory=dict)
 
     @property
+    def fields_skipped(self) -> dict[str, dict[str, str]]:
+        """``{stage: {image_id: reason}}``: the fields each per-field stage skipped."""
+        return {stage: self.summaries[stage].get("failed", {}) for stage in _PER_FIELD_STAGES
+                if stage in self.summaries}
+
+    @property
     def evaluation(self) -> dict | None:
         """The evaluation summary (``evaluation/summary.json``), when the run got that far."""
         return self.summaries.get("evaluate")
@@ -295,12 +313,12 @@ def _stage_input(paths: RunPaths, workers: int | None, progress: bool) -> dict:
             "preset": config.preset}
 
 
-def _stage_segment(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+def _stage_segment(paths: RunPaths, workers: int | None, progress: bool, executor: Any = None) -> dict:
     from .segment import create_segmenter, segment_directory
 
     config = paths.config.segment
     report = segment_directory(paths.images, paths.masks, create_segmenter(config), workers=workers,
-                               mask_format=config.mask_format, progress=progress)
+                               mask_format=config.mask_format, progress=progress, executor=executor)
     if not report.n_cells:
         raise DataError(paths.images, "no field could be segmented: " + "; ".join(
             f"{image_id}: {reason}" for image_id, reason in list(report.failed.items())[:3]))
@@ -336,12 +354,16 @@ def _score_segmentation(paths: RunPaths, image_ids: list[str]) -> dict:
     return pooled
 
 
-def _stage_crop(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+def _stage_crop(paths: RunPaths, workers: int | None, progress: bool, executor: Any = None) -> dict:
     from .crops import build_store
+    from .io import list_field_ids
 
+    unsegmented = set(read_skipped(paths.masks)["image_id"])  # listed by the segment stage already
+    image_ids = [image_id for image_id in list_field_ids(paths.images) if image_id not in unsegmented]
     report = build_store(paths.images, paths.masks, paths.store, labels=paths.labels, truth=paths.truth,
-                         config=paths.config.crop, workers=workers, fractions=paths.config.split.fractions,
-                         seed=paths.config.split.seed, progress=progress)
+                         config=paths.config.crop, image_ids=image_ids, workers=workers,
+                         fractions=paths.config.split.fractions, seed=paths.config.split.seed,
+                         progress=progress, executor=executor)
     from .store import CellStore
 
     cells = CellStore.open(paths.store).cells
@@ -355,7 +377,8 @@ def _stage_crop(paths: RunPaths, workers: int | None, progress: bool) -> dict:
             "failed": dict(report.fields_failed)}
 
 
-def _stage_train(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+def _train(paths: RunPaths, progress: bool):
+    """Every training round of the run (resumed where it stopped) -> the last round's FitResult."""
     from .recipes import train_pseudo_round
     from .train import fit
 
@@ -368,6 +391,18 @@ def _stage_train(paths: RunPaths, workers: int | None, progress: bool) -> dict:
     for folder in folders[1:]:
         result = train_pseudo_round(paths.store, folder, config, result.checkpoint,
                                     support=config.train.pseudo_support, progress=progress)
+    return result
+
+
+def _embed(paths: RunPaths, progress: bool):
+    from .embed import embed_store
+
+    return embed_store(paths.checkpoint, paths.store, out=paths.embeddings, device=paths.config.train.device,
+                       progress=progress)
+
+
+def _stage_train(paths: RunPaths, workers: int | None, progress: bool) -> dict:
+    result = _train(paths, progress)
     from .visualise import plot_training_curves
 
     plot_training_curves(result.history, paths.train / "training_curves.png")
@@ -377,11 +412,9 @@ def _stage_train(paths: RunPaths, workers: int | None, progress: bool) -> dict:
 
 
 def _stage_embed(paths: RunPaths, workers: int | None, progress: bool) -> dict:
-    from .embed import embed_store
-
-    embedded = embed_store(paths.checkpoint, paths.store, out=paths.embeddings,
-                           device=paths.config.train.device, progress=progress)
-    return {"cells": len(embedded), "dimension": int(embedded.X.shape[1]), "checkpoint": paths.checkpoint}
+    embedded = _embed(paths, progress)
+    return {"cells": len(embedded), "dimension": int(embedded.X.shape[1]), "checkpoint": paths.checkpoint,
+            "failed": embedded.meta["skipped"]}
 
 
 def _stage_index(paths: RunPaths, workers: int | None, progress: bool) -> dict:
@@ -393,19 +426,16 @@ def _stage_index(paths: RunPaths, workers: int | None, progress: bool) -> dict:
 
 def _stage_classify(paths: RunPaths, workers: int | None, progress: bool) -> dict:
     from .classify import predict_cells, write_predictions
-    from .embed import Embeddings, read_embeddings
+    from .embed import read_embeddings
 
     config = paths.config.classify
-    embedded = read_embeddings(paths.embeddings)
-    training = (embedded.cells["split"] == "train").to_numpy()
-    reference = Embeddings(embedded.X[training], embedded.cells[training].reset_index(drop=True),
-                           embedded.meta)
+    embedded = read_embeddings(paths.embeddings, mmap=True)  # the training cells vote: no copy of them
     summary = {}
     for method in config.methods:
-        probabilities = predict_cells(embedded, method, checkpoint=paths.checkpoint, reference=reference,
-                                      label_mode=config.knn_labels, n_neighbors=config.n_neighbors,
-                                      index_config=paths.config.index, negative=config.negative,
-                                      fusion_weight=config.fusion_weight)
+        probabilities = predict_cells(embedded, method, checkpoint=paths.checkpoint, reference=embedded,
+                                      reference_splits="train", label_mode=config.knn_labels,
+                                      n_neighbors=config.n_neighbors, index_config=paths.config.index,
+                                      negative=config.negative, fusion_weight=config.fusion_weight)
         write_predictions(paths.predictions(method), embedded, probabilities, method)
         summary[method] = {"cells": len(probabilities), "path": paths.predictions(method)}
     return summary
@@ -440,7 +470,8 @@ def _stage_map(paths: RunPaths, workers: int | None, progress: bool) -> dict:
     from .visualise import UMAPProjector, draw_cell_maps
 
     method = config.method or paths.config.classify.methods[0]
-    projector = UMAPProjector(n_neighbors=config.n_neighbors, min_dist=config.min_dist)
+    projector = UMAPProjector(n_neighbors=config.n_neighbors, min_dist=config.min_dist,
+                              sample_size=config.sample_size)
     written = draw_cell_maps(paths.embeddings, paths.store, paths.maps, index=paths.index,
                              predictions=paths.predictions(method), n_neighbors=config.neighbours,
                              projector=projector, interactive=config.interactive, progress=progress)
@@ -466,7 +497,7 @@ def write_run_report(out: str | os.PathLike, config: RunConfig | None = None) ->
     return write_report(paths, records)
 
 
-_RUNNERS: dict[str, Callable[[RunPaths, int | None, bool], dict]] = {
+_RUNNERS: dict[str, Callable[..., dict]] = {
     "input": _stage_input,
     "segment": _stage_segment,
     "crop": _stage_crop,
@@ -498,8 +529,15 @@ def run_pipeline(
     until_stage: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    strict: bool = False,
+    executor: Any = None,
 ) -> PipelineResult:
     """Run the stages of a config in order into ``out``, each skipped when up to date.
+
+    Fields the per-field stages (segment, crop, embed) cannot use are skipped and listed in
+    ``<out>/skipped.csv`` (:mod:`hpa_embed.batch`). Only one run at a time writes to ``out``:
+    a second one is refused while the first holds ``<out>/run.lock``. Under ``torchrun`` every
+    process calls this: train and embed run on all of them (DDP), every other stage on rank 0.
 
     Parameters
     ----------
@@ -516,6 +554,14 @@ def run_pipeline(
         Processes for the per-field stages (default: one per CPU).
     progress : bool
         Show progress bars.
+    strict : bool
+        Stop with a :class:`~hpa_embed.batch.BatchError` after a stage that skipped a field
+        (default: go on with the fields that worked).
+    executor : Executor, dask.distributed.Client or str, optional
+        Where the segment and crop tasks run (default: a local pool of ``workers`` processes);
+        a Dask Client or scheduler address runs them on its cluster, with ``out`` and the input
+        on storage its workers share (:mod:`hpa_embed.executors`). The outputs are those of a
+        local run, so a run can move between the two.
 
     Returns
     -------
@@ -530,23 +576,91 @@ def run_pipeline(
     if config.input.source == "synthetic":
         synthetic_config(config.input)  # an unknown preset fails here, before any work
     paths = RunPaths(Path(out), config)
-    prints = _fingerprints(config)
     status = stage_status(config, out)
     not_done = [stage for stage in STAGES[:start] if status[stage] != "done"]
     if not_done:
         raise ConfigError(f"cannot start at {from_stage!r}: stage {not_done[0]!r} is {status[not_done[0]]} "
                           f"in {out}; run the earlier stages first")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
+        return _take_part(config, paths, start, stop, from_stage is not None, progress)
     paths.out.mkdir(parents=True, exist_ok=True)
+    with _run_lock(paths.out):
+        return _run_stages(config, paths, status, start, stop, from_stage is not None, workers, progress,
+                           strict, executor)
+
+
+def _take_part(config: RunConfig, paths: RunPaths, start: int, stop: int, forcing: bool,
+               progress: bool) -> PipelineResult:
+    """A ``torchrun`` process of rank > 0: train and embed beside rank 0, which runs every other
+    stage and writes every file and record; this one waits for the stage before each of the two
+    to be done (by its record on disk: rank 0 may take hours to crop, longer than a collective
+    waits)."""
+    began = time.time()
+    result = PipelineResult(paths)
+    for stage, run in (("train", _train), ("embed", _embed)):
+        number = STAGES.index(stage)
+        if number > stop:
+            break
+        forced = forcing and number >= start
+        # with a forced rerun of earlier stages, their old records do not count
+        after = began if forcing and start < number else None
+        _wait_for_stage(config, paths, STAGES[number - 1], after=after)
+        if stage_status(config, paths.out)[stage] == "done" and not forced:
+            result.skipped.append(stage)
+            continue
+        log.info("rank %s: %s with rank 0", os.environ.get("RANK"), stage)
+        run(paths, progress=False)
+        result.ran.append(stage)
+    return result
+
+
+def _wait_for_stage(config: RunConfig, paths: RunPaths, stage: str, after: float | None,
+                    poll: float = 2.0) -> None:
+    """Return once ``stage`` is done for ``config`` in ``paths.out`` (and finished after ``after``)."""
+    while True:
+        if stage_status(config, paths.out)[stage] == "done":
+            finished = (_read_record(paths.record(stage)) or {}).get("finished", 0)
+            if after is None or finished >= after:
+                return
+        time.sleep(poll)
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/run.lock`` (an exclusive ``flock``) or refuse: one run writes to a folder."""
+    with open(out / _RUN_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise DataError(out, f"another run ({holder}) is writing to this folder; wait for it to "
+                                 "finish or choose another output folder") from None
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            lock.flush()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_stages(config: RunConfig, paths: RunPaths, status: dict[str, str], start: int, stop: int,
+                forcing: bool, workers: int | None, progress: bool, strict: bool,
+                executor: Any = None) -> PipelineResult:
+    prints = _fingerprints(config)
     write_config_file(paths.out / "config.toml", config)
     result = PipelineResult(paths)
     for number, stage in enumerate(STAGES[: stop + 1]):
         record_path = paths.record(stage)
         record = _read_record(record_path)
-        forced = number >= start and from_stage is not None
+        forced = number >= start and forcing
         if status[stage] == "done" and not forced:
             result.skipped.append(stage)
             result.summaries[stage] = record.get("summary", {})
             log.info("[%d/%d] %s: up to date, skipped", number + 1, len(STAGES), stage)
+            _check_fields(paths, result, stage, strict)
             continue
         if status[stage] != "partial" or forced:  # outdated, missing or forced: start clean
             for directory in paths.stage_dirs(stage):
@@ -564,10 +678,23 @@ def run_pipeline(
         _write_record(record_path, record)
         log.info("[%d/%d] %s ...", number + 1, len(STAGES), stage)
         began = time.perf_counter()
-        summary = _RUNNERS[stage](paths, workers, progress)
+        options = {"executor": executor} if stage in _EXECUTOR_STAGES else {}
+        summary = _RUNNERS[stage](paths, workers, progress, **options)
         record.update(finished=time.time(), seconds=round(time.perf_counter() - began, 2), summary=summary)
         _write_record(record_path, record)
         result.ran.append(stage)
         result.summaries[stage] = json.loads(json.dumps(summary, default=_json_default))
         log.info("[%d/%d] %s: done in %.1f s", number + 1, len(STAGES), stage, record["seconds"])
+        _check_fields(paths, result, stage, strict)
     return result
+
+
+def _check_fields(paths: RunPaths, result: PipelineResult, stage: str, strict: bool) -> None:
+    """After a per-field stage: ``<out>/skipped.csv`` lists what the stages so far skipped; a strict
+    run stops here when this stage skipped a field."""
+    if stage not in _PER_FIELD_STAGES:
+        return
+    write_skipped(paths.out, result.fields_skipped)
+    summary = result.summaries[stage]
+    check_skipped(summary.get("failed", {}), summary.get("fields", summary.get("cells", 0)), strict,
+                  paths.out / SKIPPED_FILE)

@@ -8,7 +8,8 @@ pycocotools itself is not needed.
 
 :func:`encode_label_mask` encodes every cell of a label mask in one pass over the pixels;
 :func:`decode_binary_mask` undoes :func:`encode_binary_mask`; :func:`decode_mask_runs` gives a
-mask's runs without drawing it.
+mask's runs without drawing it. Text that is not such a mask, or not one of the size given, raises
+:class:`RleError`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import zlib
 
 import numpy as np
 
+from .io import HpaEmbedError
+
 __all__ = [
+    "RleError",
     "encode_binary_mask",
     "decode_binary_mask",
     "encode_label_mask",
@@ -30,6 +34,10 @@ __all__ = [
 # A COCO string value takes at most 12 six-bit characters here (|value| < 2**59), which keeps
 # the decoder's shifts inside int64.
 _MAX_CHARS_PER_VALUE = 12
+
+
+class RleError(HpaEmbedError, ValueError):
+    """Text that is not a Kaggle RLE mask (base64 of zlib of COCO counts) of the size given."""
 
 
 # --------------------------------------------------------------------------- COCO counts strings
@@ -91,24 +99,26 @@ def rle_to_counts(counts_string: bytes | str) -> np.ndarray:
 
     Raises
     ------
-    ValueError
+    RleError
         For a character outside the encoding, a truncated value or a negative run length.
     """
     if isinstance(counts_string, str):
-        counts_string = counts_string.encode("ascii", errors="replace")
+        if not counts_string.isascii():
+            raise RleError("RLE counts hold a character outside '0'..'o'")
+        counts_string = counts_string.encode("ascii")
     chars = np.frombuffer(counts_string, dtype=np.uint8).astype(np.int64) - 48
     if chars.size == 0:
         return np.zeros(0, dtype=np.int64)
     if chars.min() < 0 or chars.max() > 63:
-        raise ValueError("RLE counts hold a character outside '0'..'o'")
+        raise RleError("RLE counts hold a character outside '0'..'o'")
     more = (chars & 0x20) != 0
     if more[-1]:
-        raise ValueError("RLE counts end in the middle of a value")
+        raise RleError("RLE counts end in the middle of a value")
     ends = np.flatnonzero(~more)
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
     if lengths.max() > _MAX_CHARS_PER_VALUE:
-        raise ValueError("RLE counts hold a value too large for any image")
+        raise RleError("RLE counts hold a value too large for any image")
     value_of_char = np.repeat(np.arange(len(starts)), lengths)
     shift = 5 * (np.arange(len(chars)) - starts[value_of_char])
     values = np.add.reduceat((chars & 0x1F) << shift, starts)
@@ -120,7 +130,7 @@ def rle_to_counts(counts_string: bytes | str) -> np.ndarray:
     counts[2::2] = np.cumsum(values[2::2])
     counts[1::2] = np.cumsum(values[1::2])
     if counts.min() < 0:
-        raise ValueError("RLE counts hold a negative run length")
+        raise RleError("RLE counts hold a negative run length")
     return counts
 
 
@@ -135,11 +145,11 @@ def _unpack(rle: str) -> bytes:
     try:
         compressed = base64.b64decode(rle, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ValueError(f"mask is not valid base64 ({error})") from None
+        raise RleError(f"mask is not valid base64 ({error})") from None
     try:
         return zlib.decompress(compressed)
     except zlib.error as error:
-        raise ValueError(f"mask is not zlib-compressed ({error})") from None
+        raise RleError(f"mask is not zlib-compressed ({error})") from None
 
 
 def _check_label_mask(mask: np.ndarray) -> np.ndarray:
@@ -236,7 +246,7 @@ def _decode_counts(rle: str, height: int, width: int) -> np.ndarray:
     """Run lengths (int64 ``[M]``) of Kaggle RLE text, checked to cover ``height * width`` pixels."""
     counts = rle_to_counts(_unpack(rle))
     if int(counts.sum()) != height * width:
-        raise ValueError(
+        raise RleError(
             f"mask runs cover {int(counts.sum())} pixels, not {height} x {width} = {height * width}"
         )
     return counts
@@ -253,7 +263,7 @@ def decode_mask_runs(rle: str, height: int, width: int) -> tuple[np.ndarray, np.
 
     Raises
     ------
-    ValueError
+    RleError
         When the text is not base64, not zlib, not a COCO counts string, or its runs do not
         cover ``height * width`` pixels.
     """
@@ -265,7 +275,7 @@ def decode_mask_runs(rle: str, height: int, width: int) -> tuple[np.ndarray, np.
 def decode_binary_mask(rle: str, height: int, width: int) -> np.ndarray:
     """Decode :func:`encode_binary_mask` text back to bool ``[height, width]``.
 
-    Raises ``ValueError`` as :func:`decode_mask_runs`.
+    Raises :class:`RleError` as :func:`decode_mask_runs`.
     """
     counts = _decode_counts(rle, height, width)
     flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)

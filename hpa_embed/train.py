@@ -489,6 +489,11 @@ def fit(
                 "loss": loss_config.to_dict(),
                 "data": data_config.to_dict(),
             }
+            # ``last`` is the commit point of an epoch: written after the best checkpoint and the
+            # history, so a run killed before it redoes the epoch and writes them all again
+            if improved:
+                save_checkpoint(out / "checkpoints" / "best", network_model, model_config, extra=extra)
+            _write_history(out, history)
             save_checkpoint(
                 last,
                 network_model,
@@ -506,9 +511,6 @@ def fit(
                     "configs": _config_dicts(configs),
                 },
             )
-            if improved:
-                save_checkpoint(out / "checkpoints" / "best", network_model, model_config, extra=extra)
-            _write_history(out, history)
         if context.world_size > 1:
             dist.barrier()
 

@@ -4,6 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzzing stays bounded in CI; HYPOTHESIS_PROFILE=thorough searches longer.
+settings.register_profile("ci", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hpa-real"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -76,7 +83,7 @@ def one_faiss_thread():
 def run_torchrun(script: str, *args, processes: int = 2) -> None:
     """Run ``tests/<script>`` under ``torchrun`` with ``processes`` CPU processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -86,8 +93,10 @@ def run_torchrun(script: str, *args, processes: int = 2) -> None:
             str(Path(__file__).with_name(script)),
             *map(str, args),
         ],
-        check=True,
         env=env,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    if done.returncode:
+        raise AssertionError(f"torchrun {script} exited with {done.returncode}:\n{done.stderr[-4000:]}")

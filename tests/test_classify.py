@@ -169,3 +169,36 @@ def test_image_scores_are_the_union_of_cells_and_fuse_back():
     )
     with pytest.raises(ValueError, match="weight"):
         fuse_scores(P, image_P, index, weight=2)
+
+
+def test_knn_predictions_index_a_memory_mapped_reference_block_by_block(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import pandas as pd
+
+    from hpa_embed import classify, index
+    from hpa_embed.classify import predict_cells
+    from hpa_embed.embed import Embeddings, write_embeddings
+    from hpa_embed.labels import HPA2021
+
+    X, y = labelled(10_000, d=512, classes=4)
+    split = np.where(np.arange(len(X)) % 3 == 0, "test", "train")
+    cells = pd.DataFrame({"cell_id": [f"cell-{i}" for i in range(len(X))], "image_id": "image",
+                          "image_labels": [[int(label)] for label in y], "split": split})
+    write_embeddings(tmp_path / "reference", Embeddings(X, cells, {}))
+    test = np.flatnonzero(split == "test")[:300]  # cells of another split: none is its own neighbour
+    queries = Embeddings(X[test], cells.iloc[test], {})
+    monkeypatch.setattr(index, "BLOCK_SIZE", 256)
+    tracemalloc.start()  # numpy's allocations are traced, the memory map and FAISS's storage are not
+    try:
+        P = predict_cells(queries, "knn", reference=tmp_path / "reference", index_config=FLAT,
+                          negative="model", reference_splits="train")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 2, f"{peak / 2**20:.1f} MiB traced for a {X.nbytes / 2**20:.1f} MiB reference"
+    train = split == "train"
+    expected = KNNClassifier(index_config=FLAT).fit(X[train], HPA2021.to_multi_hot(y[train, None]))
+    np.testing.assert_allclose(P, expected.predict_proba(X[test]), atol=1e-6)
+    monkeypatch.setattr(classify, "BLOCK_SIZE", 64)  # queries in blocks: the same votes
+    np.testing.assert_allclose(expected.predict_proba(X[test]), P, atol=1e-6)

@@ -88,6 +88,7 @@ def test_crop_size_given_once_holds_for_model_and_crops(tmp_path):
         ("[data]\nbatch_size = 0\n", r"\[data\] batch_size=0 must be a positive integer"),
         ("[model]\narch = 'resnet9'\n", r"\[model\] arch='resnet9' is not one of"),
         ("[input]\nsource = 'directory'\n", r"\[input\] source='directory' needs images and labels"),
+        ("[map]\nsample_size = 10\n", r"\[map\] sample_size=10 must be none or an integer > n_neighbors"),
         ("[model\n", "not valid TOML"),
     ],
 )

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from hpa_embed.io import DataError
 from hpa_embed.segment import HPACellSegmenter, check_masks, hpacellseg_inputs
 from hpa_embed.segment.hpacellseg import _resize_labels
 
@@ -166,3 +167,13 @@ def test_resize_labels_is_nearest():
     labels = np.arange(12, dtype=np.uint16).reshape(3, 4)
     np.testing.assert_array_equal(_resize_labels(labels, (6, 8)), np.repeat(np.repeat(labels, 2, 0), 2, 1))
     np.testing.assert_array_equal(_resize_labels(np.repeat(np.repeat(labels, 2, 0), 2, 1), (3, 4)), labels)
+
+
+def test_missing_or_broken_weight_files_are_named(package, weight_files, tmp_path):
+    with pytest.raises(DataError, match="nowhere.pth.*not found.*pickles.*runs the code"):
+        HPACellSegmenter(tmp_path / "nowhere.pth", weight_files[1], device="cpu", package=package)
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(weight_files[0].read_bytes()[:40])
+    segmenter = HPACellSegmenter(broken, weight_files[1], device="cpu", scale_factor=0.25, package=package)
+    with pytest.raises(DataError, match="broken.pth: unreadable HPA Cell Segmentation model file"):
+        segmenter.segment(field((128, 128), [(64, 64)], nucleus_radius=20, cell_radius=40))

@@ -411,3 +411,26 @@ def test_neighbours_table(data):
     assert set(table["cell_id"][:2]) == {"cell-1", "cell-2"}
     assert set(table["cell_id"][2:]) == {"cell-0", "cell-1"}
     np.testing.assert_allclose(table["score"][:2], scores[0, :2])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_threads_searching_one_index_get_the_sequential_results(data, kind):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, ids, Q = data
+    config = IndexConfig(kind=kind, nlist=16, nprobe=4, pq_m=4)
+
+    def fresh():  # nothing built lazily yet: the threads race to build the id map and direct map
+        return CellIndex.build(X, ids, config, progress=False)
+
+    queries = [ids[i : i + 5].tolist() for i in range(0, 400, 5)]
+    sequential = fresh()
+    expected = [sequential.search_cell(q, 7) for q in queries] + [sequential.search(Q, 7)]
+    for _ in range(3):
+        index = fresh()
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda q, index=index: index.search_cell(q, 7), queries))
+        found.append(index.search(Q, 7))
+        for (scores, cells), (want_scores, want_cells) in zip(found, expected):
+            np.testing.assert_array_equal(cells, want_cells)
+            np.testing.assert_allclose(scores, want_scores, rtol=1e-6)

@@ -269,3 +269,24 @@ def test_the_report_command_rewrites_a_runs_report(tiny_run, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out and (out / "report.html").stat().st_size > 2000
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "config.toml: not found: not a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_under_torchrun_trains_and_embeds_on_every_process(tmp_path):
+    from conftest import run_torchrun
+
+    from hpa_embed.embed import read_embeddings
+
+    run_torchrun("pipeline_ddp_script.py", tmp_path / "out", tmp_path)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0["ran"] == list(STAGES) and rank1["ran"] == ["train", "embed"]
+    config = load_named_config("tiny")
+    config = config.replace(train=dataclasses.replace(config.train, device="cpu"))
+    assert all(state == "done" for state in stage_status(config, tmp_path / "out").values())
+    cells = CellStore.open(tmp_path / "out" / "store").cells
+    assert list(read_embeddings(tmp_path / "out" / "embeddings").cell_ids) == cells["cell_id"].tolist()
+    # a rerun under torchrun finds every stage done, on both processes
+    run_torchrun("pipeline_ddp_script.py", tmp_path / "out", tmp_path)
+    assert json.loads((tmp_path / "rank1.json").read_text()) == {"ran": [], "skipped": ["train", "embed"]}
+    assert json.loads((tmp_path / "rank0.json").read_text())["ran"] == []

@@ -225,3 +225,28 @@ def test_ivf_index_and_sample_path(data):
     projector = UMAPProjector(sample_size=300, n_epochs=50, index_config=config).fit(X)
     assert projector.index_.kind == "ivf" and len(projector.index_) == 300
     np.testing.assert_array_equal(nearest_centre(projector.embedding_, projector.embedding_, y), y)
+
+
+def test_sample_fit_reads_a_memory_mapped_x_block_by_block(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from hpa_embed.visualise import projection
+
+    X, y = blobs(n_per=5000, d=256)
+    mapped = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float32, shape=X.shape)
+    mapped[:] = X
+    mapped.flush()
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    monkeypatch.setattr(projection, "BLOCK_SIZE", 1024)
+    projector = UMAPProjector(sample_size=150, n_epochs=50, random_state=1)
+    clone(projector).fit(X[:1000])  # numba compiles on first use: not the data's memory
+    tracemalloc.start()  # numpy's allocations are traced, the memory map is not
+    try:
+        embedding = projector.fit_transform(mapped)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 4, f"{peak / 2**20:.1f} MiB traced for a {X.nbytes / 2**20:.1f} MiB X"
+    rest = np.setdiff1d(np.arange(len(X)), projector.reference_rows_)
+    np.testing.assert_array_equal(embedding[rest], projector.transform(X[rest]))
+    assert np.mean(nearest_centre(embedding, embedding, y) == y) > 0.99

@@ -310,6 +310,17 @@ def test_negative_cells_show_only_autofluorescence():
     assert field.image[1].mean() < 0.3 * labelled.image[1].mean()
 
 
+def test_unspecific_signal_follows_the_exposure_of_the_field():
+    # Real unspecific staining scales with the exposure: Negative cells are not one fixed level
+    # that brightness alone would find.
+    config = dataclasses.replace(CLEAN, autofluorescence=0.05, image_intensity_sd=0.35)
+    levels = []
+    for seed in range(12):
+        field = generate_field(config, seed, image_labels=[18])
+        levels.append(field.image[1][field.cell_mask > 0].mean())
+    assert np.std(levels) / np.mean(levels) > 0.2
+
+
 def test_difficulty_makes_nuclear_bodies_smaller_and_more_diffuse():
     def peakiness(difficulty):
         config = dataclasses.replace(CLEAN, difficulty=difficulty, photons=1e6, read_noise=0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -75,7 +76,15 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if hint in ok:
         if not ok[hint](value):
             raise ConfigError(f"{name}: expected {_describe_type(hint)}, got {value!r}")
-        return float(value) if hint is float else value
+        if hint is not float:
+            return value
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):  # TOML has nan and inf, which no setting takes
+            raise ConfigError(f"{name}: expected a finite number, got {value!r:.40}")
+        return number
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")

@@ -173,6 +173,10 @@ class MapConfig(ConfigSection):
     method : str or None
         The classification method whose predictions colour the maps, one of [classify] methods;
         None takes the first of them.
+    sample_size : int or None
+        UMAP is fitted on a random sample of this many cells, and every other cell is placed from
+        its neighbours among them, block by block (``UMAPProjector(sample_size=...)``); None fits
+        on all cells.
     """
 
     enabled: bool = True
@@ -181,9 +185,13 @@ class MapConfig(ConfigSection):
     neighbours: int = 10
     interactive: bool = True
     method: str | None = None
+    sample_size: int | None = 100_000
 
     def __post_init__(self):
         check_positive_int(self, "n_neighbors", "neighbours")
+        if self.sample_size is not None and (not isinstance(self.sample_size, int)
+                                             or self.sample_size <= self.n_neighbors):
+            raise ConfigError(f"sample_size={self.sample_size!r} must be none or an integer > n_neighbors")
         if not 0 <= self.min_dist <= 1:
             raise ConfigError(f"min_dist={self.min_dist!r} must lie in [0, 1]")
         check_choice("method", self.method, ("head", "knn", None))

@@ -111,7 +111,8 @@ def _share_crop_size(document: Mapping[str, Any]) -> dict[str, Any]:
     if len(sizes) == 1:
         (size,) = sizes.values()
         for name in ("crop", "model"):
-            document[name] = {**document.get(name, {}), "crop_size": size}
+            if isinstance(document.get(name, {}), Mapping):  # a non-table is refused by from_dict
+                document[name] = {**document.get(name, {}), "crop_size": size}
     return document
 
 

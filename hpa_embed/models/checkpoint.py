@@ -3,13 +3,15 @@
 A checkpoint is a directory::
 
     <checkpoint>/model.safetensors   the model's state dict
-    <checkpoint>/config.json         {"format", "version", "library_version" (the header of
-                                      hpa_embed.io.write_header), "model": ModelConfig.to_dict(),
-                                      "class_scheme": {...}, "extra": {...}}
+    <checkpoint>/config.json         {"format", "version", "library_version", "files" (the header
+                                      of hpa_embed.io.write_header, with the SHA-256 of the other
+                                      files), "model": ModelConfig.to_dict(), "class_scheme": {...},
+                                      "extra": {...}}
 
 It is written whole into a temporary directory and renamed into place, so a crash never leaves
 a half checkpoint and an existing one is replaced only once the new one is complete. Loading
-reads no pickle: safetensors for tensors, JSON for everything else.
+reads no pickle: safetensors for tensors, JSON for everything else; a weights or state file that
+differs from the checksum in ``config.json`` is refused.
 
 A state file (:func:`save_state` / :func:`load_state`) stores any nest of dicts, lists,
 tuples, plain scalars and tensors (an optimizer or scheduler state dict, RNG states, a
@@ -136,9 +138,11 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        write_header(tmp / CONFIG_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body)
         if state is not None:
             save_state(tmp / STATE_FILE, state)
+        # the header, last, holds the files' SHA-256: loading reads them whole anyway
+        files = [WEIGHTS_FILE] + ([STATE_FILE] if state is not None else [])
+        write_header(tmp / CONFIG_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, body, files=files)
 
     with atomic_path(directory) as tmp:  # weights, config and state are replaced together
         tmp.mkdir()
@@ -162,7 +166,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 def read_checkpoint_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """Read only ``config.json`` of a checkpoint (or of a run's best one, :func:`find_checkpoint`)
-    -> ``(ModelConfig, extra)``; no weights are read."""
+    -> ``(ModelConfig, extra)``; the files it lists are checked against their SHA-256, not loaded."""
     path = find_checkpoint(directory) / CONFIG_FILE
     meta = read_header(path, CHECKPOINT_FORMAT, range(1, CHECKPOINT_VERSION + 1), what="hpa_embed checkpoint")
     try:
@@ -216,18 +220,22 @@ def load_checkpoint(
     Raises
     ------
     hpa_embed.io.DataError
-        A missing file, a corrupt or truncated weights file, a config that is not valid JSON,
-        has a newer format version or is invalid, or weights that do not match the config
-        (missing or unexpected keys, shape mismatches).
+        A missing file, a corrupt or truncated weights file (or one whose SHA-256 differs from the
+        one in ``config.json``), a config that is not valid JSON, has a newer format version or is
+        invalid, or weights that do not match the config (missing or unexpected keys, shape
+        mismatches).
     """
     import dataclasses
 
     from . import create_model
 
     directory = find_checkpoint(directory)
-    config, extra = read_checkpoint_config(directory)
     weights_path = directory / WEIGHTS_FILE
-    state, _ = _read_safetensors(weights_path)
+    # read before the checksums are checked, so that a cut or garbled file is reported as such
+    state = _read_safetensors(weights_path)[0] if weights_path.is_file() else None
+    config, extra = read_checkpoint_config(directory)
+    if state is None:
+        state, _ = _read_safetensors(weights_path)  # not found, and config.json does not list it
     # the weights come from the checkpoint: never re-read the original pretrained source
     model = create_model(dataclasses.replace(config, pretrained=None))
     expected = model.state_dict()

@@ -196,7 +196,7 @@ def check_image(image: np.ndarray) -> None:
             f"blue, yellow), got shape {shape}"
         )
     if min(image.shape[1:]) < 8:
-        raise ValueError(f"field of shape {image.shape} is too small to segment")
+        raise ValueError(f"field of shape {image.shape} is too small to segment (8 x 8 pixels at least)")
 
 
 def block_mean(plane: np.ndarray, factor: int) -> np.ndarray:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..batch import SKIPPED_FILE, write_skipped
+from ..executors import check_lost, map_batches, select_shard
 from ..io import DataError, list_field_ids, read_field, read_mask, write_mask, write_png
 from .base import Segmenter, check_masks
 from .classical import ClassicalSegmenter
@@ -43,7 +46,7 @@ class SegmentationReport:
     def __str__(self) -> str:
         return (
             f"{len(self.done)} fields segmented ({sum(self.n_cells.values())} cells), "
-            f"{len(self.skipped)} already done, {len(self.failed)} failed"
+            f"{len(self.skipped)} already done, {len(self.failed)} skipped"
         )
 
 
@@ -89,6 +92,13 @@ def _segment_one(
         return image_id, None, f"{type(error).__name__}: {error}", True
 
 
+def _segment_batch(image_ids: list[str], images_dir: str, out_dir: str, segmenter: Segmenter,
+                   mask_format: str, overlay: bool) -> list[tuple[str, int | None, str | None, bool]]:
+    """Task: :func:`_segment_one` for each field of a batch (the task writes the masks)."""
+    return [_segment_one(images_dir, out_dir, image_id, segmenter, mask_format, overlay)
+            for image_id in image_ids]
+
+
 def segment_directory(
     images_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -98,11 +108,14 @@ def segment_directory(
     progress: bool = True,
     image_ids: Sequence[str] | None = None,
     overlay: bool = False,
+    executor: Executor | Any | str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SegmentationReport:
     """Segment every field in a directory; write ``<ID>_cellmask`` and ``<ID>_nucleimask``.
 
     Fields whose two mask files exist are skipped (a run can be resumed). A field that cannot be
-    read or segmented is logged and reported, and the others are still done.
+    read or segmented is logged, reported and listed in ``<out_dir>/skipped.csv``
+    (:mod:`hpa_embed.batch`), and the others are still done.
 
     Parameters
     ----------
@@ -111,9 +124,11 @@ def segment_directory(
     out_dir : path
         Where the masks go (created if needed).
     segmenter : Segmenter or None
-        None: :class:`ClassicalSegmenter` with its defaults. Must be picklable for ``workers > 1``.
+        None: :class:`ClassicalSegmenter` with its defaults. Must be picklable for ``workers > 1``
+        and for an executor.
     workers : int or None
         Worker processes; None: one per CPU (at most the number of fields). 1: in this process.
+        With an ``executor``: the tasks it runs at once (a Dask Client knows its own).
     mask_format : {"png", "npz"}
         16-bit PNG (at most 65535 cells) or compressed ``.npz`` (key ``mask``).
     progress : bool
@@ -124,6 +139,16 @@ def segment_directory(
         Also write ``<ID>_overlay.png`` (:func:`overlay_path`): RGB, the cell (white) and nucleus
         (cyan) outlines on the field's RGBY composite (:func:`hpa_embed.visualise.overlay_masks`).
         Fields segmented earlier get their overlay drawn from their masks.
+    executor : Executor, dask.distributed.Client or str, optional
+        Where the tasks (a batch of fields each) run: default a local process pool; a Dask
+        Client or scheduler address runs them on its cluster, the masks written by the workers
+        (``images_dir`` and ``out_dir`` on storage they share). See :mod:`hpa_embed.executors`.
+        A batch lost to a dead worker ends the run with
+        :class:`~hpa_embed.executors.LostBatchesError` after the others; a rerun does the rest.
+    shard : (int, int), optional
+        ``(i, n)``: only the fields of shard ``i`` of ``n`` (:func:`~hpa_embed.executors.select_shard`),
+        for array jobs writing into one ``out_dir``; the skipped fields go to
+        ``skipped-<i>-of-<n>.csv``.
 
     Returns
     -------
@@ -133,6 +158,8 @@ def segment_directory(
 
     segmenter = segmenter if segmenter is not None else ClassicalSegmenter()
     ids = list(image_ids) if image_ids is not None else list_field_ids(images_dir)
+    if shard is not None:
+        ids = select_shard(ids, *shard)
     report = SegmentationReport()
     todo = []
     for image_id in ids:
@@ -142,28 +169,22 @@ def segment_directory(
         else:
             todo.append(image_id)
     logger.info("segmenting %d fields (%d already done) from %s", len(todo), len(report.skipped), images_dir)
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    workers = max(1, min(workers, len(todo)))
-    args = (str(images_dir), str(out_dir))
-    bar = tqdm(total=len(todo), desc="segment", unit="field", disable=not progress)
-    try:
-        if workers == 1:
-            results = (_segment_one(*args, image_id, segmenter, mask_format, overlay) for image_id in todo)
+    args = (str(images_dir), str(out_dir), segmenter, mask_format, overlay)
+    lost: dict[str, str] = {}
+    with tqdm(total=len(todo), desc="segment", unit="field", disable=not progress) as bar:
+        for batch, results, error in map_batches(_segment_batch, todo, *args, executor=executor,
+                                                 workers=workers):
+            bar.update(len(batch))
+            if error is not None:
+                lost.update(dict.fromkeys(batch, error))
+                continue
             for result in results:
                 _record(report, *result)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [
-                    pool.submit(_segment_one, *args, image_id, segmenter, mask_format, overlay)
-                    for image_id in todo
-                ]
-                for future in as_completed(futures):
-                    _record(report, *future.result())
-                    bar.update()
-    finally:
-        bar.close()
+    report.failed = dict(sorted(report.failed.items()))
+    name = SKIPPED_FILE if shard is None else f"skipped-{shard[0]}-of-{shard[1]}.csv"
+    write_skipped(out_dir, {"segment": report.failed}, name=name)
     logger.info("%s", report)
+    check_lost(lost, out_dir)
     return report
 
 

@@ -184,7 +184,8 @@ class HPACellSegmenter:
             if not Path(path).is_file():
                 raise DataError(path, f"HPA Cell Segmentation {what} model weights not found (download "
                                       "them as described in docs/segmentation.md; nothing is downloaded "
-                                      "for you)")
+                                      "for you; they are pickles, and loading one runs the code stored "
+                                      "in it: name only files obtained from the HPA)")
 
     # the built models stay in the process that built them; a worker builds its own
     def __getstate__(self) -> dict:
@@ -229,6 +230,9 @@ class HPACellSegmenter:
                     f"loading {path} needs the module its model was pickled from ({error}); "
                     f"{HPACELLSEG_INSTALL} installs pytorch_zoo with it"
                 ) from error
+            except Exception as error:  # a truncated or foreign file: any of the unpickler's errors
+                raise DataError(path, f"unreadable HPA Cell Segmentation model file, a whole pickled torch "
+                                      f"module expected ({type(error).__name__}: {error})") from error
         self._segmentator = package.cellsegmentator.CellSegmentator(
             nuclei_model=models[0],
             cell_model=models[1],

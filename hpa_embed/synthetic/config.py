@@ -104,7 +104,8 @@ class SyntheticConfig(ConfigSection):
     background : float
         Camera offset added to every pixel, in [0, 1] units.
     autofluorescence : float
-        Unspecific green signal in every cell's cytoplasm (what a Negative cell shows).
+        Unspecific green signal in every cell's cytoplasm (what a Negative cell shows), relative
+        to the labelled signal: it scales with the field's exposure and varies from cell to cell.
     blur_sigma : float
         Optical blur (Gaussian sigma, pixels).
     photons : float
@@ -132,7 +133,7 @@ class SyntheticConfig(ConfigSection):
     cell_intensity_sd: float = 0.3
     faint_fraction: float = 0.05
     background: float = 0.01
-    autofluorescence: float = 0.02
+    autofluorescence: float = 0.04
     blur_sigma: float = 0.8
     photons: float = 400.0
     read_noise: float = 0.006

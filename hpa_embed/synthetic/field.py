@@ -67,6 +67,9 @@ def _check_labels(labels: Sequence[int]) -> list[int]:
     return labels
 
 
+_GREEN_EXPOSURE = 0.45  # the median field's green gain
+
+
 def _lognormal(rng: np.random.Generator, sd: float, size=None):
     return np.exp(rng.normal(-0.5 * sd**2, sd, size))
 
@@ -110,9 +113,12 @@ def generate_field(
     # Brightness: per image and channel, then per cell; some cells stain very faintly.
     n_cells = len(geometry.cells)
     reference_gain = intensity_rng.uniform([0.65, 0.0, 0.45, 0.3], [1.0, 0.0, 0.8, 0.6])
-    green_gain = min(0.75 * _lognormal(intensity_rng, config.image_intensity_sd), 1.0)
+    # The green exposure keeps most fields below saturation, so that the per-field normalisation
+    # of the crops can undo it; the unspecific signal scales with it, as real staining does.
+    green_gain = min(_GREEN_EXPOSURE * _lognormal(intensity_rng, config.image_intensity_sd), 1.0)
     cell_reference = _lognormal(intensity_rng, 0.15, (n_cells, 3))
     cell_green = _lognormal(intensity_rng, config.cell_intensity_sd + 0.3 * d, n_cells)
+    cell_unspecific = _lognormal(intensity_rng, config.cell_intensity_sd, n_cells)
     faint = intensity_rng.random(n_cells) < min(config.faint_fraction + 0.15 * d, 1.0)
     cell_green[faint] *= intensity_rng.uniform(0.05, 0.25, faint.sum())
 
@@ -128,8 +134,10 @@ def generate_field(
                           geometry.cell_mask[box] == 0, scale, d, structure_rng)
         red, blue, yellow = cell_reference[index] * reference_gain[[0, 2, 3]]
         blue *= 1.15 if cell.mitotic else 1.0  # condensed chromatin is brighter
-        green = green_gain * cell_green[index] * render_green(ctx, cell_labels[index], pattern_rng)
-        green += config.autofluorescence * ctx.cytoplasm_soft * ctx.cytoplasm_patches
+        specific = cell_green[index] * render_green(ctx, cell_labels[index], pattern_rng)
+        unspecific = (config.autofluorescence * cell_unspecific[index]
+                      * ctx.cytoplasm_soft * ctx.cytoplasm_patches)
+        green = green_gain * (specific + unspecific)
         for channel, value in ((0, red * render_red(ctx)), (1, green), (2, blue * render_blue(ctx)),
                                (3, yellow * render_yellow(ctx))):
             canvas[channel][box] += value * in_cell

@@ -6,7 +6,7 @@ interactive cell map (:mod:`.interactive`) and all maps of a run at once (:mod:`
 Plotting draws what it is handed: the stages compute, these functions only draw.
 """
 
-from .cellmaps import draw_cell_maps
+from .cellmaps import draw_cell_maps, read_cell_maps
 from .galleries import crop_images, describe_cells, plot_cell_gallery, plot_neighbours, plot_top_cells
 from .interactive import cell_map_from_store, write_cell_map
 from .maps import class_panels_figure, map_figure, plot_class_panels, plot_map
@@ -55,4 +55,5 @@ __all__ = [
     "map_figure",
     "class_panels_figure",
     "draw_cell_maps",
+    "read_cell_maps",
 ]

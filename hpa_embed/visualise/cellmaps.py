@@ -5,6 +5,8 @@ A map folder holds::
 
     <out>/coordinates.npy          float32 [N, 2], the cells' map positions (rows of embeddings)
     <out>/cells.parquet            the cells in the same order, with their predictions
+    <out>/maps.json                header (hpa_embed.io) with the SHA-256 of the two files above;
+                                   :func:`read_cell_maps` reads them back, checked
     <out>/projector/               the fitted UMAPProjector (new cells: UMAPProjector.load + transform)
     <out>/map_<colour>.png         cells coloured by class, image, cell line, prediction, correctness
     <out>/class_panels.png         one panel per class, its cells highlighted
@@ -20,13 +22,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path
+from ..io import DataError, atomic_path, read_header, write_header
 from ..labels import HPA2021
 from .interactive import cell_map_from_store
 from .maps import plot_class_panels, plot_map
-from .projection import UMAPProjector
+from .projection import UMAPProjector, knn_graph
 
-__all__ = ["draw_cell_maps"]
+__all__ = ["draw_cell_maps", "read_cell_maps"]
+
+FORMAT_NAME = "hpa_embed.cellmaps"
+FORMAT_VERSION = 1
+_META_FILE = "maps.json"
+_COORDINATES_FILE = "coordinates.npy"
+_CELLS_FILE = "cells.parquet"
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +97,8 @@ def draw_cell_maps(
     from ..embed import Embeddings, read_embeddings
     from ..index import CellIndex
 
-    embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)
-    X = np.ascontiguousarray(embedded.X, dtype=np.float32)
+    embedded = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings, mmap=True)
+    X = np.ascontiguousarray(embedded.X, dtype=np.float32)  # no copy of a memory-mapped float32 array
     cells = embedded.cells.reset_index(drop=True).copy()
     if index is None:
         index = CellIndex.build(X, cells["cell_id"].astype(str).to_numpy(dtype=object), IndexConfig(),
@@ -104,10 +112,10 @@ def draw_cell_maps(
     projector = projector or UMAPProjector()
     coordinates = projector.fit_transform(X, index=index).astype(np.float32)
     written = {"projector": projector.save(out / "projector")}
-    with atomic_path(out / "coordinates.npy") as tmp:
+    with atomic_path(out / _COORDINATES_FILE) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, coordinates)
-    written["coordinates"] = out / "coordinates.npy"
+    written["coordinates"] = out / _COORDINATES_FILE
 
     truth_column, truth = _labels(cells)
     names = HPA2021.names
@@ -138,18 +146,43 @@ def draw_cell_maps(
             title = f"top prediction among the cell's {truth_column.replace('_', ' ')}"
             written["map_correct"] = plot_map(coordinates, correct, out / "map_correct.png",
                                               kind="correctness", title=title)
-    with atomic_path(out / "cells.parquet") as tmp:
+    with atomic_path(out / _CELLS_FILE) as tmp:
         cells.to_parquet(tmp, index=False)
-    written["cells"] = out / "cells.parquet"
+    written["cells"] = out / _CELLS_FILE
+    written["description"] = out / _META_FILE
+    write_header(written["description"], FORMAT_NAME, FORMAT_VERSION, {"cells": len(cells)},
+                 files=[_COORDINATES_FILE, _CELLS_FILE])
     if interactive:
-        k = min(n_neighbors, len(X) - 1)
-        _, rows = index.search_rows(X, k + 1)
-        # drop each cell itself (and missing results, -1), keep k, pad with -1
-        neighbours = np.full((len(X), k), -1, dtype=np.int64)
-        for own, found in enumerate(rows):
-            kept = found[(found != own) & (found >= 0)][:k]
-            neighbours[own, : len(kept)] = kept
+        # each cell's k nearest other cells (-1 where missing), searched block by block
+        neighbours = knn_graph(index, X, min(n_neighbors, len(X) - 1) + 1)[0][:, 1:]
         written["interactive"] = cell_map_from_store(out / "interactive", coordinates, cells, store,
                                                      neighbours, progress=progress)
     log.info("wrote %d maps of %d cells to %s", len(written), len(cells), out)
     return written
+
+
+def read_cell_maps(path: str | os.PathLike) -> tuple[np.ndarray, pd.DataFrame]:
+    """The map positions and cells of a map folder written by :func:`draw_cell_maps`.
+
+    Returns
+    -------
+    coordinates : numpy.ndarray
+        float32 ``[N, 2]``.
+    cells : pandas.DataFrame
+        ``N`` rows, row ``i`` at ``coordinates[i]``.
+
+    Raises :class:`~hpa_embed.io.DataError` naming the file for a missing one, or one that differs
+    from its checksum in ``maps.json`` or from the count there.
+    """
+    path = Path(path)
+    meta_path = path / _META_FILE
+    meta = read_header(meta_path, FORMAT_NAME, {FORMAT_VERSION}, what="cell map folder")
+    if set(meta.get("files", {})) != {_COORDINATES_FILE, _CELLS_FILE}:
+        raise DataError(meta_path, f"must list the checksums of {_COORDINATES_FILE} and {_CELLS_FILE}")
+    coordinates = np.load(path / _COORDINATES_FILE, allow_pickle=False)
+    cells = pd.read_parquet(path / _CELLS_FILE)
+    n = meta.get("cells")
+    if coordinates.dtype != np.float32 or coordinates.shape != (len(cells), 2) or n != len(cells):
+        raise DataError(meta_path, f"says {n} cells; {_CELLS_FILE} holds {len(cells)}, "
+                                   f"{_COORDINATES_FILE} {coordinates.dtype} {coordinates.shape}")
+    return coordinates, cells

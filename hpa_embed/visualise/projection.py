@@ -279,8 +279,9 @@ class UMAPProjector(BaseEstimator):
             embedding[rows] = reference_embedding
             rest = np.ones(n, dtype=bool)
             rest[rows] = False
-            log.info("placing the %d rows outside the sample", rest.sum())
-            embedding[rest] = self._place(X[rest])
+            rest = np.flatnonzero(rest)
+            log.info("placing the %d rows outside the sample", len(rest))
+            embedding[rest] = self._place(X, rest)
             self.embedding_ = embedding
         else:
             self.embedding_ = reference_embedding
@@ -325,14 +326,18 @@ class UMAPProjector(BaseEstimator):
                              f"{self.n_features_in_}")
         return self._place(X)
 
-    def _place(self, X: np.ndarray) -> np.ndarray:
+    def _place(self, X: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
+        """Coordinates float32 ``[n, 2]`` of the rows of ``X`` (or of its rows ``subset``, int
+        ``[n]``), read and placed block by block."""
         from umap.umap_ import smooth_knn_dist
 
         k = int(min(self.n_neighbors, len(self.index_)))
-        out = np.empty((len(X), 2), dtype=np.float32)
-        starts = range(0, len(X), BLOCK_SIZE)
+        n = len(X) if subset is None else len(subset)
+        out = np.empty((n, 2), dtype=np.float32)
+        starts = range(0, n, BLOCK_SIZE)
         for start in tqdm(starts, desc="placing", unit="block", disable=len(starts) < 4):
-            scores, rows = self.index_.search_rows(X[start:start + BLOCK_SIZE], k)
+            block = X[start:start + BLOCK_SIZE] if subset is None else X[subset[start:start + BLOCK_SIZE]]
+            scores, rows = self.index_.search_rows(block, k)
             distances = _distances(scores, rows, self.index_.metric)
             if (rows < 0).all(axis=1).any():
                 raise RuntimeError("the index found no neighbour for some points; raise its nprobe")
@@ -383,22 +388,30 @@ class UMAPProjector(BaseEstimator):
         """
         path = Path(path)
         meta = read_header(path / META_FILE, FORMAT_NAME, {FORMAT_VERSION}, what="UMAP projector")
-        params = dict(meta["params"])
-        if params.get("index_config") is not None:
-            params["index_config"] = IndexConfig.from_dict(params["index_config"])
-        projector = cls(**params)
+        if set(meta.get("files", {})) != {EMBEDDING_FILE, ROWS_FILE}:
+            raise DataError(path / META_FILE, f"must list the checksums of {EMBEDDING_FILE} and {ROWS_FILE}")
+        try:
+            params = dict(meta["params"])
+            if params.get("index_config") is not None:
+                params["index_config"] = IndexConfig.from_dict(params["index_config"])
+            projector = cls(**params)
+            projector._check_params()
+            projector._index_config()
+            n, n_epochs, n_features = (int(meta[key]) for key in ("n_reference", "n_epochs", "n_features"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(path / META_FILE, f"invalid projector description ({type(error).__name__}: "
+                                              f"{error})") from error
         embedding = np.load(path / EMBEDDING_FILE, allow_pickle=False)
         rows = np.load(path / ROWS_FILE, allow_pickle=False)
         index = CellIndex.load(path / INDEX_DIR)
-        n = meta["n_reference"]
-        if embedding.shape != (n, 2) or rows.shape != (n,) or len(index) != n:
-            raise DataError(path, f"inconsistent: {META_FILE} says {n} reference points; "
-                                  f"{EMBEDDING_FILE} is {embedding.shape}, {ROWS_FILE} {rows.shape}, "
-                                  f"the index holds {len(index)}")
+        if (embedding.shape, rows.shape, len(index), index.dimension) != ((n, 2), (n,), n, n_features):
+            raise DataError(path / META_FILE, f"inconsistent: says {n} reference points of {n_features} "
+                                              f"features; {EMBEDDING_FILE} is {embedding.shape}, {ROWS_FILE} "
+                                              f"{rows.shape}, the index holds {len(index)}")
         projector.index_ = index
         projector.reference_embedding_ = embedding.astype(np.float32, copy=False)
         projector.reference_rows_ = rows.astype(np.int64, copy=False)
         projector.embedding_ = projector.reference_embedding_
-        projector.n_epochs_ = int(meta["n_epochs"])
-        projector.n_features_in_ = int(meta["n_features"])
+        projector.n_epochs_ = n_epochs
+        projector.n_features_in_ = n_features
         return projector

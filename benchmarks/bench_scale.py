@@ -1,0 +1,169 @@
+"""Scale-out benchmark: segment + crop throughput (fields/s) on a local process pool and on a Dask
+LocalCluster of one and of two workers, plus the per-field and per-cell costs docs/cluster.md
+builds its cost on paper from.
+
+    .venv/bin/python benchmarks/bench_scale.py [--fields 48] [--preset standard] [--repeats 2]
+                                               [--quick] [--json PATH]
+
+Every configuration segments (classical segmenter) and crops (128 px) the same synthetic fields
+into a fresh folder: ``local pool`` is ``segment_directory`` / ``build_store`` with
+``workers=2`` (a ProcessPoolExecutor), ``Dask n`` the same calls with ``executor=`` a Client of
+a LocalCluster of n single-threaded worker processes, started under ``DASK_WORKER_CONFIG`` (the
+recommended worker environment; ``--dask-defaults`` keeps Dask's own). Before the clock starts,
+each side segments and crops a few fields once (the Dask workers, and this process, whose
+imports the pool's forked workers inherit), so that no timing includes imports; the start of the
+local pool is timed, it forks in milliseconds. The best of ``--repeats`` runs counts. Targets:
+2 Dask workers >= 0.9x the local pool and >= 1.7x one Dask worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import Row, machine, parse_args, write_rows
+
+from hpa_embed.config import CropConfig
+from hpa_embed.crops import build_store, merge_stores
+from hpa_embed.executors import DASK_WORKER_CONFIG, select_shard
+from hpa_embed.io import list_field_ids
+from hpa_embed.segment import ClassicalSegmenter, segment_directory
+from hpa_embed.store import CellStore
+from hpa_embed.synthetic import generate_dataset
+
+QUICK = {"fields": 8, "preset": "small", "repeats": 1}
+VS_POOL, VS_ONE = 0.9, 1.7  # targets for 2 Dask workers
+
+
+def run_once(data: Path, out: Path, executor=None, workers: int = 2, image_ids=None) -> dict:
+    """Segment and crop the fields of ``data`` into ``out``; seconds of each stage, cells."""
+    start = time.perf_counter()
+    segment_directory(data / "train", out / "masks", ClassicalSegmenter(), workers=workers, executor=executor,
+                      progress=False, image_ids=image_ids)
+    segmented = time.perf_counter()
+    report = build_store(data / "train", out / "masks", out / "store", labels=data / "train.csv",
+                         config=CropConfig(), workers=workers, executor=executor, progress=False,
+                         image_ids=image_ids)
+    cropped = time.perf_counter()
+    return {"segment_s": segmented - start, "crop_s": cropped - segmented, "cells": report.cells_added,
+            "fields": len(report.fields_added)}
+
+
+def best_of(repeats: int, tmp: Path, name: str, data: Path, executor=None) -> dict:
+    """The fastest of ``repeats`` runs, after a warm-up (this process, or a task on every worker)."""
+    ids = list_field_ids(data / "train")
+    if executor is None:
+        run_once(data, tmp / f"warm-{name}", workers=1, image_ids=ids[:1])
+    else:
+        run_once(data, tmp / f"warm-{name}", executor, image_ids=ids[:4])
+    runs = [run_once(data, tmp / f"{name}-{repeat}", executor) for repeat in range(repeats)]
+    return min(runs, key=lambda run: run["segment_s"] + run["crop_s"])
+
+
+def on_dask(workers: int, repeats: int, tmp: Path, data: Path, defaults: bool = False) -> dict:
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({} if defaults else DASK_WORKER_CONFIG), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        return best_of(repeats, tmp, f"dask{workers}", data, client)
+
+
+def append_rate(store_path: Path, fields_per_commit: int = 32) -> float:
+    """Cells/s of the driver's part of a crop run: appending the crops to a store, as build_store
+    commits them (``fields_per_commit`` fields at a time)."""
+    source = CellStore.open(store_path)
+    with tempfile.TemporaryDirectory(dir=store_path.parent) as tmp:
+        target = CellStore.create(Path(tmp) / "store", crop_size=source.crop_size, channels=source.channels)
+        fields = source.cells["image_id"].unique()
+        blocks = [source.cells[source.cells["image_id"].isin(fields[i:i + fields_per_commit])]
+                  for i in range(0, len(fields), fields_per_commit)]
+        crops = [source.get_crops(block["row"].to_numpy()) for block in blocks]  # read before the clock
+        start = time.perf_counter()
+        for block, block_crops in zip(blocks, crops):
+            target.append(block, block_crops)
+        return len(source) / (time.perf_counter() - start)
+
+
+def merge_rate(store_path: Path, parts: int = 2, chunk_size: int = 64) -> float:
+    """Cells/s of ``merge_stores`` over ``parts`` part stores holding the cells of a store, in
+    ``chunk_size``-crop chunks (most crops in full chunks, linked, as in the parts of a large run)."""
+    source = CellStore.open(store_path)
+    with tempfile.TemporaryDirectory(dir=store_path.parent) as tmp:
+        paths = []
+        for index in range(parts):
+            rows = source.cells[source.cells["image_id"].isin(
+                select_shard(source.cells["image_id"].unique(), index, parts))]
+            part = CellStore.create(Path(tmp) / f"part-{index}", crop_size=source.crop_size,
+                                    channels=source.channels, chunk_size=chunk_size, scheme=source.scheme,
+                                    attrs=source.meta["attrs"])
+            part.append(rows.assign(split=""), source.get_crops(rows["row"].to_numpy()))
+            paths.append(part.path)
+        start = time.perf_counter()
+        merge_stores(paths, Path(tmp) / "merged")
+        return len(source) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fields", type=int, default=48, help="synthetic fields")
+    parser.add_argument("--preset", default="standard", help="synthetic preset (tiny, small, standard)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration; the best counts")
+    parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temp dir)")
+    parser.add_argument("--dask-defaults", action="store_true",
+                        help="start the Dask workers with Dask's default environment (no DASK_WORKER_CONFIG)")
+    args = parse_args(parser, QUICK, argv)
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as name:
+        tmp = Path(name)
+        data = generate_dataset(tmp / "data", args.fields, args.preset, seed=3, progress=False)
+        before = machine()
+        results = {"local pool of 2 processes": best_of(args.repeats, tmp, "pool", data)}
+        results["Dask, 1 worker"] = on_dask(1, args.repeats, tmp, data, args.dask_defaults)
+        results["Dask, 2 workers"] = on_dask(2, args.repeats, tmp, data, args.dask_defaults)
+        appends = append_rate(tmp / "pool-0" / "store")
+        merges = merge_rate(tmp / "pool-0" / "store")
+        after = machine()
+
+    rate = {name: run["fields"] / (run["segment_s"] + run["crop_s"]) for name, run in results.items()}
+    pool, one, two = (rate[name] for name in results)
+    single = results["Dask, 1 worker"]
+    cells = single["cells"]
+    costs = {"segment, s per field": single["segment_s"] / single["fields"],
+             "crop, s per field": single["crop_s"] / single["fields"],
+             "crop, ms per cell": 1e3 * single["crop_s"] / cells,
+             "cells per field": cells / single["fields"]}
+    print(f"segment + crop of {args.fields} '{args.preset}' fields ({cells} cells, 128 px crops), "
+          f"best of {args.repeats}")
+    print(f"{'':30} {'segment s':>10} {'crop s':>8} {'fields/s':>9}")
+    for name, run in results.items():
+        print(f"{name:30} {run['segment_s']:10.2f} {run['crop_s']:8.2f} {rate[name]:9.3f}")
+    for label, ratio, target in (("Dask 2 workers / local pool", two / pool, VS_POOL),
+                                 ("Dask 2 workers / Dask 1 worker", two / one, VS_ONE)):
+        print(f"{label}: {ratio:.2f}x  (target >= {target}x: {'PASS' if ratio >= target else 'FAIL'})")
+    print("costs, from the 1-worker run: " + ", ".join(f"{key} {value:.3g}" for key, value in costs.items()))
+    print(f"driver: store append {appends:,.0f} cells/s ({appends * 4 * 128 * 128 / 2**20:,.0f} MiB/s); "
+          f"merge_stores of 2 parts in 64-crop chunks {merges:,.0f} cells/s")
+    print(f"({before} before, {after} after)")
+
+    size = f"{args.fields} {args.preset} fields"
+    write_rows(args.json, [
+        Row(f"segment + crop, local pool of 2 processes ({size})", pool, "fields/s", better="higher"),
+        Row(f"segment + crop, Dask 1 worker ({size})", one, "fields/s", better="higher"),
+        Row(f"segment + crop, Dask 2 workers ({size})", two, "fields/s", pool, "local pool of 2 processes",
+            "higher", f">= {VS_POOL}x the local pool", two / pool >= VS_POOL),
+        Row(f"segment + crop, Dask 2 workers ({size})", two, "fields/s", one, "Dask 1 worker", "higher",
+            f">= {VS_ONE}x one worker", two / one >= VS_ONE),
+        *(Row(f"{key} (Dask 1 worker, {size})", value) for key, value in costs.items()),
+        Row(f"driver store append ({size})", appends, "cells/s", better="higher"),
+        Row(f"merge_stores, 2 parts of 64-crop chunks ({size})", merges, "cells/s", better="higher"),
+    ])
+    return 0 if two / pool >= VS_POOL and two / one >= VS_ONE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
