@@ -292,10 +292,15 @@ def read_header(
 # --------------------------------------------------------------------------- images
 
 
+def _suffix_cases() -> list[str]:
+    """The recognised suffixes in lower and in upper case (``.png``, ``.PNG``)."""
+    return [case for suffix in IMAGE_SUFFIXES for case in (suffix, suffix.upper())]
+
+
 def _channel_files(directory: Path, image_id: str, channel: str) -> list[Path]:
     return [
         directory / f"{image_id}_{channel}{suffix}"
-        for suffix in IMAGE_SUFFIXES
+        for suffix in _suffix_cases()
         if (directory / f"{image_id}_{channel}{suffix}").is_file()
     ]
 
@@ -470,8 +475,8 @@ def list_field_ids(directory: str | os.PathLike, channel: str = "blue") -> list[
     marker = f"_{channel}"
     for path in directory.iterdir():
         name = path.name
-        for suffix in IMAGE_SUFFIXES:
-            if name.lower().endswith(marker + suffix):
+        for suffix in _suffix_cases():
+            if name.endswith(marker + suffix):
                 ids.add(name[: -len(marker + suffix)])
                 break
     return sorted(ids)

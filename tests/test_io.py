@@ -212,3 +212,11 @@ def test_write_labels_round_trip_both_schemes(tmp_path):
 def test_real_label_table(hpa_real):
     table = read_labels(hpa_real / "labels.csv")
     assert table.image_ids == ["57_F11_1", "56_F11_1"] and table.labels == [[13, 16], [13, 16]]
+
+
+def test_upper_case_suffixes_are_listed_and_read(tmp_path):
+    planes = (np.arange(4 * 6 * 5, dtype=np.uint8).reshape(4, 6, 5) * 3)
+    for channel, plane in zip(("red", "green", "blue", "yellow"), planes):
+        Image.fromarray(plane).save(tmp_path / f"F1_{channel}.PNG")
+    assert list_field_ids(tmp_path) == ["F1"]
+    np.testing.assert_array_equal(read_field(tmp_path, "F1"), planes.astype(np.float32) / 255)
