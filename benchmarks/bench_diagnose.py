@@ -4,7 +4,9 @@ Every run trains a from-scratch ResNet-18 on the true cell labels of one `standa
 (true masks, so segmentation plays no part) and scores cell mAP on the held-out test cells
 against their true labels, beside the linear model on intensity statistics. The variants change
 one thing at a time: the loss (CE on single-label cells vs BCE on the same cells), the sampler,
-the classifier's initial bias, the learning rate, the number of epochs.
+the classifier's initial bias; then, from the best of those (``bce-prior-balanced``), the
+learning rate, augmentation, the crop size, the crops' normalisation, masked crops against crops
+that keep their neighbours, and the backbone (``best-*``).
 
     .venv/bin/python benchmarks/bench_diagnose.py --images 160 --epochs 8
     .venv/bin/python benchmarks/bench_diagnose.py --only bce-shuffle,bce-prior-bias
@@ -24,7 +26,8 @@ from bench_calibration import intensity_baseline
 from common import machine, synthetic_store
 
 from hpa_embed.classify import head_probabilities
-from hpa_embed.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from hpa_embed.config import CropConfig, DataConfig, LossConfig, ModelConfig, TrainConfig
+from hpa_embed.crops import build_store
 from hpa_embed.data import cell_targets
 from hpa_embed.embed import embed_store
 from hpa_embed.evaluate import cell_level_ap
@@ -36,7 +39,8 @@ BCE = LossConfig(classification="bce", metric=None)
 BCE_TRIPLET = LossConfig(classification="bce", metric="triplet", miner="semihard", multilabel_mining=True)
 PRIOR = {"classifier_bias": "prior"}
 
-# name: (cells: "single" = cells with one true label, "all" = every cell; loss; data; train overrides)
+# name: (cells: "single" = cells with one true label, "all" = every cell; loss; data; train overrides
+#        [, crop overrides [, model overrides]])
 VARIANTS = {
     "ce-single": ("single", CE, DataConfig(label_mode="single_label", sampler="shuffle"), {}),
     "bce-single": ("single", BCE, DataConfig(label_mode="image_labels", sampler="shuffle"), {}),
@@ -54,6 +58,17 @@ VARIANTS = {
     "bce-prior-balanced-triplet": (
         "all", BCE_TRIPLET, DataConfig(label_mode="true_labels", sampler="balanced", m_per_class=4), PRIOR),
 }
+# from the best of the above, bce-prior-balanced, one change at a time: learning rate, crops, width
+_BEST = VARIANTS["bce-prior-balanced"]
+VARIANTS |= {
+    "best-lr3e-3": (*_BEST[:3], {**PRIOR, "lr": 3e-3}),
+    "best-lr3e-4": (*_BEST[:3], {**PRIOR, "lr": 3e-4}),
+    "best-no-augment": (*_BEST[:3], {**PRIOR, "augment": False}),
+    "best-96px": (*_BEST, {"crop_size": 96}),
+    "best-crop-unnormalised": (*_BEST, {"normalisation": "none"}),
+    "best-crop-neighbours": (*_BEST, {"keep_neighbours": True}),
+    "best-resnet34": (*_BEST, {}, {"arch": "resnet34"}),
+}
 
 
 def single_label_copy(store_path: Path, out: Path) -> Path:
@@ -66,9 +81,20 @@ def single_label_copy(store_path: Path, out: Path) -> Path:
     return out
 
 
-def run(store_path: Path, out: Path, args, loss: LossConfig, data: DataConfig, overrides: dict) -> float:
+def recrop(directory: Path, out: Path, crop: dict) -> Path:
+    """The fields of :func:`synthetic_store` in ``directory`` cut again along their true masks with
+    the crop settings ``crop``; same cells, same split."""
+    data = directory / "data"
+    build_store(data / "train", data / "truth", out, labels=data / "train.csv", truth=data,
+                config=CropConfig(**crop))
+    return out
+
+
+def run(store_path: Path, out: Path, args, loss: LossConfig, data: DataConfig, overrides: dict,
+        model_overrides: dict | None = None) -> float:
     store = CellStore.open(store_path)
-    model = ModelConfig(arch="resnet18", in_chans=4, crop_size=args.crop_size)
+    model = ModelConfig(**{"arch": "resnet18", "in_chans": 4, "crop_size": store.crop_size,
+                           **(model_overrides or {})})
     # the variants start from PyTorch's zero-mean classifier bias; bce-prior-bias changes only that
     train = TrainConfig(epochs=args.epochs, lr=args.lr, schedule="onecycle", seed=args.seed,
                         classifier_bias="zero")
@@ -98,15 +124,23 @@ def main() -> None:
         store_path = synthetic_store(tmp, args.crop_size, args.images, "standard")
         store = CellStore.open(store_path)
         single = single_label_copy(store_path, tmp / "single")
+        recropped: dict[str, Path] = {}  # the same fields, cut with other crop settings
         print(f"{args.images} 'standard' fields, {len(store)} cells "
               f"({store.cells['split'].value_counts().to_dict()}), {machine()}", file=sys.stderr)
         rows = [("intensity statistics (logistic regression)", intensity_baseline(store))]
         for name in names:
-            cells, loss, data, overrides = VARIANTS[name]
+            cells, loss, data, overrides, *rest = VARIANTS[name]
+            crop, model = (rest + [{}, {}])[:2]
             path = single if cells == "single" else store_path
+            if crop:
+                key = repr(sorted(crop.items()))
+                if key not in recropped:
+                    recropped[key] = recrop(tmp, tmp / f"store-{len(recropped)}",
+                                            {"crop_size": args.crop_size, **crop})
+                path = recropped[key]
             n_train = len(cell_targets(CellStore.open(path).cells, data.label_mode, splits="train")[0])
             begun = time.perf_counter()
-            value = run(path, tmp / name, args, loss, data, overrides)
+            value = run(path, tmp / name, args, loss, data, overrides, model)
             rows.append((f"{name} ({n_train} training cells, {time.perf_counter() - begun:.0f} s)", value))
             print(f"{rows[-1][0]:56s}{value:10.3f}", file=sys.stderr)
     print(f"oracle cell mAP on held-out 'standard' cells (true labels, every test cell), ResNet-18 "

@@ -2,18 +2,20 @@
 LocalCluster of one and of two workers, plus the per-field and per-cell costs docs/cluster.md
 builds its cost on paper from.
 
-    .venv/bin/python benchmarks/bench_scale.py [--fields 48] [--preset standard] [--repeats 2]
+    .venv/bin/python benchmarks/bench_scale.py [--fields 48] [--preset standard] [--repeats 3]
                                                [--quick] [--json PATH]
 
 Every configuration segments (classical segmenter) and crops (128 px) the same synthetic fields
 into a fresh folder: ``local pool`` is ``segment_directory`` / ``build_store`` with
-``workers=2`` (a ProcessPoolExecutor), ``Dask n`` the same calls with ``executor=`` a Client of
-a LocalCluster of n single-threaded worker processes, started under ``DASK_WORKER_CONFIG`` (the
-recommended worker environment; ``--dask-defaults`` keeps Dask's own). Before the clock starts,
+``workers=2`` (a ProcessPoolExecutor), ``one process`` the same with ``workers=1`` (every field
+in this process: how far the machine itself scales), ``Dask n`` the same calls with
+``executor=`` a Client of a LocalCluster of n single-threaded worker processes, started under
+``DASK_WORKER_CONFIG`` (the recommended cluster config; ``--dask-defaults`` keeps Dask's own). Before the clock starts,
 each side segments and crops a few fields once (the Dask workers, and this process, whose
 imports the pool's forked workers inherit), so that no timing includes imports; the start of the
-local pool is timed, it forks in milliseconds. The best of ``--repeats`` runs counts. Targets:
-2 Dask workers >= 0.9x the local pool and >= 1.7x one Dask worker.
+local pool is timed, it forks in milliseconds. The configurations take turns, ``--repeats``
+rounds, and the best run of each counts. Targets: 2 Dask workers >= 0.9x the local pool and
+>= 1.7x one Dask worker.
 """
 
 from __future__ import annotations
@@ -52,25 +54,24 @@ def run_once(data: Path, out: Path, executor=None, workers: int = 2, image_ids=N
             "fields": len(report.fields_added)}
 
 
-def best_of(repeats: int, tmp: Path, name: str, data: Path, executor=None) -> dict:
-    """The fastest of ``repeats`` runs, after a warm-up (this process, or a task on every worker)."""
+def measure(tmp: Path, name: str, data: Path, setup: str | int, defaults: bool = False) -> dict:
+    """One timed run: ``setup`` "process" (every field in this process), "pool" (the local pool of
+    2 processes) or n (a fresh Dask LocalCluster of n single-threaded worker processes), after a
+    warm-up (this process, whose imports the pool's forked workers inherit, or a task on every
+    Dask worker)."""
     ids = list_field_ids(data / "train")
-    if executor is None:
+    if isinstance(setup, str):
         run_once(data, tmp / f"warm-{name}", workers=1, image_ids=ids[:1])
-    else:
-        run_once(data, tmp / f"warm-{name}", executor, image_ids=ids[:4])
-    runs = [run_once(data, tmp / f"{name}-{repeat}", executor) for repeat in range(repeats)]
-    return min(runs, key=lambda run: run["segment_s"] + run["crop_s"])
-
-
-def on_dask(workers: int, repeats: int, tmp: Path, data: Path, defaults: bool = False) -> dict:
+        return run_once(data, tmp / name, workers=1 if setup == "process" else 2)
+    dask_workers = setup
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set({} if defaults else DASK_WORKER_CONFIG), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        return best_of(repeats, tmp, f"dask{workers}", data, client)
+    config = {} if defaults else DASK_WORKER_CONFIG
+    with dask.config.set(config), LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None) as cluster, Client(cluster) as client:
+        run_once(data, tmp / f"warm-{name}", client, image_ids=ids[:4])
+        return run_once(data, tmp / name, client)
 
 
 def append_rate(store_path: Path, fields_per_commit: int = 32) -> float:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fields", type=int, default=48, help="synthetic fields")
     parser.add_argument("--preset", default="standard", help="synthetic preset (tiny, small, standard)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; the best counts")
     parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temp dir)")
     parser.add_argument("--dask-defaults", action="store_true",
                         help="start the Dask workers with Dask's default environment (no DASK_WORKER_CONFIG)")
@@ -122,15 +123,20 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(name)
         data = generate_dataset(tmp / "data", args.fields, args.preset, seed=3, progress=False)
         before = machine()
-        results = {"local pool of 2 processes": best_of(args.repeats, tmp, "pool", data)}
-        results["Dask, 1 worker"] = on_dask(1, args.repeats, tmp, data, args.dask_defaults)
-        results["Dask, 2 workers"] = on_dask(2, args.repeats, tmp, data, args.dask_defaults)
-        appends = append_rate(tmp / "pool-0" / "store")
-        merges = merge_rate(tmp / "pool-0" / "store")
+        setups = {"local pool of 2 processes": "pool", "Dask, 1 worker": 1, "Dask, 2 workers": 2,
+                  "one process, no pool": "process"}
+        runs: dict[str, list[dict]] = {name: [] for name in setups}
+        for repeat in range(args.repeats):  # interleaved, so that a slow spell of the machine hits all
+            for index, (name, setup) in enumerate(setups.items()):
+                runs[name].append(measure(tmp, f"{index}-{repeat}", data, setup, args.dask_defaults))
+        results = {name: min(done, key=lambda run: run["segment_s"] + run["crop_s"])
+                   for name, done in runs.items()}
+        appends = append_rate(tmp / "0-0" / "store")
+        merges = merge_rate(tmp / "0-0" / "store")
         after = machine()
 
     rate = {name: run["fields"] / (run["segment_s"] + run["crop_s"]) for name, run in results.items()}
-    pool, one, two = (rate[name] for name in results)
+    pool, one, two, alone = (rate[name] for name in results)
     single = results["Dask, 1 worker"]
     cells = single["cells"]
     costs = {"segment, s per field": single["segment_s"] / single["fields"],
@@ -145,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, ratio, target in (("Dask 2 workers / local pool", two / pool, VS_POOL),
                                  ("Dask 2 workers / Dask 1 worker", two / one, VS_ONE)):
         print(f"{label}: {ratio:.2f}x  (target >= {target}x: {'PASS' if ratio >= target else 'FAIL'})")
+    print(f"the machine's own scaling: local pool / one process {pool / alone:.2f}x, "
+          f"local pool / Dask 1 worker {pool / one:.2f}x (the second target asks 2 Dask workers for "
+          f"{VS_ONE / (pool / one):.2f}x the local pool)")
     print("costs, from the 1-worker run: " + ", ".join(f"{key} {value:.3g}" for key, value in costs.items()))
     print(f"driver: store append {appends:,.0f} cells/s ({appends * 4 * 128 * 128 / 2**20:,.0f} MiB/s); "
           f"merge_stores of 2 parts in 64-crop chunks {merges:,.0f} cells/s")
@@ -154,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     write_rows(args.json, [
         Row(f"segment + crop, local pool of 2 processes ({size})", pool, "fields/s", better="higher"),
         Row(f"segment + crop, Dask 1 worker ({size})", one, "fields/s", better="higher"),
+        Row(f"segment + crop, one process ({size})", alone, "fields/s", better="higher"),
         Row(f"segment + crop, Dask 2 workers ({size})", two, "fields/s", pool, "local pool of 2 processes",
             "higher", f">= {VS_POOL}x the local pool", two / pool >= VS_POOL),
         Row(f"segment + crop, Dask 2 workers ({size})", two, "fields/s", one, "Dask 1 worker", "higher",

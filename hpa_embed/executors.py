@@ -20,9 +20,11 @@ allowed-failures``, 3 by default).
 
 Dask's nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which turns off glibc's
 adaptive mmap threshold: every array over 128 KiB is then mapped and unmapped again, and the
-per-field stages spend about 1.6x the CPU time. Start clusters under :data:`DASK_WORKER_CONFIG`
-(``with dask.config.set(DASK_WORKER_CONFIG): LocalCluster(...)``), or export
-``MALLOC_MMAP_THRESHOLD_=33554432`` where the workers start (docs/cluster.md).
+per-field stages spend about 1.6x the CPU time. Its workers also sample their threads' stacks
+every 10 ms, and every process of a cluster wakes every 20 ms to check its event loop. Start
+clusters under :data:`DASK_WORKER_CONFIG` (``with dask.config.set(DASK_WORKER_CONFIG):
+LocalCluster(...)``), or set the same in the environment where the scheduler and the workers
+start (docs/cluster.md).
 
 Slurm array jobs without Dask split the fields with :func:`select_shard` (``--shard I/N``).
 """
@@ -30,7 +32,6 @@ Slurm array jobs without Dask split the fields with :func:`select_shard` (``--sh
 from __future__ import annotations
 
 import logging
-import math
 import os
 import zlib
 from collections import deque
@@ -40,16 +41,27 @@ from typing import Any
 
 from .batch import BatchError
 
-__all__ = ["LostBatchesError", "map_batches", "select_shard", "check_lost", "DASK_WORKER_CONFIG"]
+__all__ = ["LostBatchesError", "map_batches", "split_batches", "select_shard", "check_lost",
+           "DASK_WORKER_CONFIG"]
 
 log = logging.getLogger(__name__)
 
 #: Most fields in one task: a lost task costs at most this many fields.
 MAX_FIELDS_PER_TASK = 16
 
-#: Dask config for starting workers: glibc's mmap threshold at its adaptive maximum (32 MiB),
-#: which the nanny's ``MALLOC_TRIM_THRESHOLD_`` otherwise pins at 128 KiB.
-DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+#: Default task sizes: each task takes this share of the fields left per worker, so the first
+#: tasks are large and the last ones small, and no worker waits long for another at the end.
+_GUIDED_SHARE = 3
+
+#: Dask config for starting a cluster for these stages: glibc's mmap threshold at its adaptive
+#: maximum (32 MiB), which the nanny's ``MALLOC_TRIM_THRESHOLD_`` otherwise pins at 128 KiB; no
+#: statistical profiling of the tasks (a stack sample every 10 ms, for the dashboard); the event
+#: loops' blocked-loop check every second instead of every 20 ms.
+DASK_WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+}
 
 
 class LostBatchesError(BatchError):
@@ -77,6 +89,22 @@ def check_lost(lost: Mapping[str, str], where: str | os.PathLike) -> None:
         raise LostBatchesError(f"{where}: {len(lost)} field(s) not done, their batches were lost "
                                f"(e.g. {image_id}: {reason}); the fields done are kept, run again to do "
                                "the others")
+
+
+def split_batches(items: Sequence[Any], slots: int, batch_size: int | None = None) -> list[list[Any]]:
+    """``items`` cut into consecutive tasks, in order.
+
+    With ``batch_size`` every task but the last holds that many items. Without, task sizes
+    shrink as the items run out (guided scheduling): a task takes ``1 / (3 * slots)`` of the
+    items not yet given out, between 1 and :data:`MAX_FIELDS_PER_TASK`, so the work ends in small
+    tasks that the ``slots`` workers finish at about the same time.
+    """
+    batches, start = [], 0
+    while start < len(items):
+        size = batch_size or min(MAX_FIELDS_PER_TASK, max(1, (len(items) - start) // (_GUIDED_SHARE * slots)))
+        batches.append(list(items[start:start + size]))
+        start += size
+    return batches
 
 
 def _slots(executor: Any, workers: int | None) -> int:
@@ -110,7 +138,7 @@ def map_batches(
         Processes of the local pool (default: one per CPU); with another executor, the number
         of tasks it runs at once (a Client knows its own).
     batch_size : int, optional
-        Items per task; default: about four tasks per worker, at most :data:`MAX_FIELDS_PER_TASK`.
+        Items per task; default: shrinking tasks (:func:`split_batches`).
     ordered : bool
         Yield in the order of ``items`` (else as tasks complete).
 
@@ -135,8 +163,7 @@ def map_batches(
                                    batch_size=batch_size, ordered=ordered)
         return
     slots = _slots(executor, workers)
-    size = batch_size or max(1, min(MAX_FIELDS_PER_TASK, math.ceil(len(items) / (4 * slots))))
-    batches = [list(items[start:start + size]) for start in range(0, len(items), size)]
+    batches = split_batches(items, slots, batch_size)
     if executor is None and (slots <= 1 or len(batches) <= 1):
         for batch in batches:
             yield batch, function(batch, *args), None

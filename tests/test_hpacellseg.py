@@ -177,3 +177,27 @@ def test_missing_or_broken_weight_files_are_named(package, weight_files, tmp_pat
     segmenter = HPACellSegmenter(broken, weight_files[1], device="cpu", scale_factor=0.25, package=package)
     with pytest.raises(DataError, match="broken.pth: unreadable HPA Cell Segmentation model file"):
         segmenter.segment(field((128, 128), [(64, 64)], nucleus_radius=20, cell_radius=40))
+
+
+def test_tasks_of_one_process_load_the_models_once(package, weight_files, monkeypatch):
+    import pickle
+    import sys
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, package.__name__, package)  # a worker imports it by name
+    loaded = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kwargs: loaded.append(path) or load(path, **kwargs))
+    image = field((128, 128), [(64, 64)], nucleus_radius=20, cell_radius=45)
+    segmenter = HPACellSegmenter(*weight_files, device="cpu", scale_factor=0.25, package=package)
+    first = segmenter.segment(image)
+    task_copy = pickle.loads(pickle.dumps(segmenter))  # what the next task of a worker gets
+    assert task_copy._segmentator is None
+    again = task_copy.segment(image)
+    assert loaded == list(weight_files)  # each model loaded once
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    # a replaced weight file is loaded again
+    torch.save(torch.nn.Conv2d(3, 3, 1), weight_files[1])
+    HPACellSegmenter(*weight_files, device="cpu", scale_factor=0.25, package=package).segment(image)
+    assert loaded == [*weight_files, *weight_files]

@@ -16,7 +16,14 @@ import pytest
 from hpa_embed.cli import main
 from hpa_embed.config import CropConfig
 from hpa_embed.crops import build_store, merge_stores
-from hpa_embed.executors import DASK_WORKER_CONFIG, LostBatchesError, map_batches, select_shard
+from hpa_embed.executors import (
+    DASK_WORKER_CONFIG,
+    MAX_FIELDS_PER_TASK,
+    LostBatchesError,
+    map_batches,
+    select_shard,
+    split_batches,
+)
 from hpa_embed.io import DataError
 from hpa_embed.segment import ClassicalSegmenter, segment_directory
 from hpa_embed.store import CellStore
@@ -92,6 +99,18 @@ def test_select_shard_is_a_stable_partition():
     assert [item for item in more if item in ids] == shards[1]
     with pytest.raises(ValueError, match="0..count-1"):
         select_shard(ids, 3, 3)
+
+
+def test_split_batches_shrink_towards_the_end():
+    items = list(range(500))
+    sizes = [len(batch) for batch in split_batches(items, slots=2)]
+    assert sum(split_batches(items, slots=2), []) == items
+    assert sizes == sorted(sizes, reverse=True) and max(sizes) == MAX_FIELDS_PER_TASK
+    # the last tasks are single fields, and each takes about 1/6 of what was left
+    assert sizes[-4:] == [1, 1, 1, 1]
+    assert sizes[sizes.index(14)] == (500 - sum(sizes[:sizes.index(14)])) // 6
+    assert [len(batch) for batch in split_batches(items[:10], slots=2, batch_size=4)] == [4, 4, 2]
+    assert split_batches([], slots=2) == []
 
 
 def _double_or_fail(batch: list[int]) -> list[int]:

@@ -32,6 +32,10 @@ HPACELLSEG_SCALE_FACTOR: float = 0.25
 #: makes the package reflect-pad its scaled images to the next multiple (plus 32 px).
 HPACELLSEG_SIDE_MULTIPLE: int = 32
 
+#: The CellSegmentators built in this process, by what they were built from: the tasks a worker
+#: process runs (a batch of fields each) load the two models once, not once per task.
+_BUILT: dict[tuple, object] = {}
+
 
 def _to_uint8(plane: np.ndarray) -> np.ndarray:
     return (np.clip(plane, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -212,8 +216,25 @@ class HPACellSegmenter:
         return package
 
     def _build(self) -> object:
-        if self._segmentator is not None:
-            return self._segmentator
+        if self._segmentator is None:
+            key = self._build_key()
+            if key not in _BUILT:
+                _BUILT[key] = self._load()
+            self._segmentator = _BUILT[key]
+        return self._segmentator
+
+    def _build_key(self) -> tuple:
+        """What a built CellSegmentator depends on: the package, the model files as they are now
+        (path, size, modification time), the device and the settings."""
+        package = self.package.__name__ if isinstance(self.package, ModuleType) else self.package
+        files = []
+        for path in (self.nuclei_model, self.cell_model):
+            stat = Path(path).stat()
+            files.append((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns))
+        return package, *files, self.device, self.padding, self.multi_channel_model
+
+    def _load(self) -> object:
+        """Load the two models and build the package's CellSegmentator."""
         import torch
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -233,7 +254,7 @@ class HPACellSegmenter:
             except Exception as error:  # a truncated or foreign file: any of the unpickler's errors
                 raise DataError(path, f"unreadable HPA Cell Segmentation model file, a whole pickled torch "
                                       f"module expected ({type(error).__name__}: {error})") from error
-        self._segmentator = package.cellsegmentator.CellSegmentator(
+        segmentator = package.cellsegmentator.CellSegmentator(
             nuclei_model=models[0],
             cell_model=models[1],
             scale_factor=HPACELLSEG_SCALE_FACTOR,
@@ -243,9 +264,9 @@ class HPACellSegmenter:
         )
         # pred_* read the settings from these attributes (kept by CellSegmentator's __init__;
         # set again for stand-ins that do not)
-        self._segmentator.scale_factor = HPACELLSEG_SCALE_FACTOR
-        self._segmentator.padding = self.padding
-        return self._segmentator
+        segmentator.scale_factor = HPACELLSEG_SCALE_FACTOR
+        segmentator.padding = self.padding
+        return segmentator
 
     def resolve_scale_factor(self, image: np.ndarray) -> float:
         """The resize factor the models get for ``image``."""
