@@ -63,7 +63,7 @@ _BEST = VARIANTS["bce-prior-balanced"]
 VARIANTS |= {
     "best-lr3e-3": (*_BEST[:3], {**PRIOR, "lr": 3e-3}),
     "best-lr3e-4": (*_BEST[:3], {**PRIOR, "lr": 3e-4}),
-    "best-no-augment": (*_BEST[:3], {**PRIOR, "augment": False}),
+    "best-no-augment": (*_BEST[:2], dataclasses.replace(_BEST[2], augment=False), PRIOR),
     "best-96px": (*_BEST, {"crop_size": 96}),
     "best-crop-unnormalised": (*_BEST, {"normalisation": "none"}),
     "best-crop-neighbours": (*_BEST, {"keep_neighbours": True}),

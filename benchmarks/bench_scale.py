@@ -10,12 +10,12 @@ into a fresh folder: ``local pool`` is ``segment_directory`` / ``build_store`` w
 ``workers=2`` (a ProcessPoolExecutor), ``one process`` the same with ``workers=1`` (every field
 in this process: how far the machine itself scales), ``Dask n`` the same calls with
 ``executor=`` a Client of a LocalCluster of n single-threaded worker processes, started under
-``DASK_WORKER_CONFIG`` (the recommended cluster config; ``--dask-defaults`` keeps Dask's own). Before the clock starts,
-each side segments and crops a few fields once (the Dask workers, and this process, whose
-imports the pool's forked workers inherit), so that no timing includes imports; the start of the
-local pool is timed, it forks in milliseconds. The configurations take turns, ``--repeats``
-rounds, and the best run of each counts. Targets: 2 Dask workers >= 0.9x the local pool and
->= 1.7x one Dask worker.
+``DASK_WORKER_CONFIG`` (the recommended cluster config; ``--dask-defaults`` keeps Dask's own).
+Before the clock starts, each side segments and crops a few fields once (the Dask workers, and
+this process, whose imports the pool's forked workers inherit), so that no timing includes
+imports; the start of the local pool is timed, it forks in milliseconds. The configurations
+take turns, ``--repeats`` rounds, and the best run of each counts. Targets: 2 Dask workers
+>= 0.9x the local pool and >= 1.7x one Dask worker.
 """
 
 from __future__ import annotations
