@@ -54,7 +54,7 @@ from .io import (
     read_mask,
 )
 from .labels import HPA2021
-from .store import CellStore
+from .store import CellStore, StagedChunk, write_chunk
 
 __all__ = [
     "cell_geometry",
@@ -291,9 +291,20 @@ def _crop_field(job: _FieldJob) -> tuple[str, pd.DataFrame | None, np.ndarray | 
     return job.image_id, cells, crops, None
 
 
-def _crop_batch(jobs: list[_FieldJob]) -> list[tuple]:
-    """Task: :func:`_crop_field` for each field of a batch; the driver appends the crops."""
-    return [_crop_field(job) for job in jobs]
+def _crop_batch(jobs: list[_FieldJob], staging: Path) -> tuple[list[tuple], StagedChunk | None]:
+    """Task: :func:`_crop_field` for each field of a batch; the crops of the batch go to one chunk
+    file in ``staging`` (:func:`~hpa_embed.store.write_chunk`), the rest back to the driver.
+
+    Returns ``[(image_id, cells or None, error or None), ...]`` in the order of ``jobs``, and the
+    chunk (None when no field gave a cell).
+    """
+    results, crops = [], []
+    for job in jobs:
+        image_id, cells, field_crops, error = _crop_field(job)
+        results.append((image_id, cells, error))
+        if field_crops is not None and len(field_crops):
+            crops.append(field_crops)
+    return results, write_chunk(staging, np.concatenate(crops)) if crops else None
 
 
 @dataclass
@@ -375,9 +386,12 @@ def build_store(
         Show a progress bar.
     executor : Executor, dask.distributed.Client or str, optional
         Where the tasks (a batch of fields each) run: default a local process pool; a Dask
-        Client or scheduler address runs them on its cluster (the fields and masks on storage
-        the workers share). The tasks return their crops and this process appends them, in
-        field order, so the store is the one a local run makes. See :mod:`hpa_embed.executors`.
+        Client or scheduler address runs them on its cluster (the fields, the masks and ``out``
+        on storage the workers share). Each task writes the crops of its fields to a chunk file
+        in ``<out>/incoming/`` and returns their table rows; this process moves the chunks into
+        the store in field order and commits (:meth:`~hpa_embed.store.CellStore.append_chunks`),
+        so the table is the one a local run makes and no crop passes through it. See
+        :mod:`hpa_embed.executors`.
     shard : (int, int), optional
         ``(i, n)``: only the fields of shard ``i`` of ``n`` (:func:`~hpa_embed.executors.select_shard`),
         into a part store of its own; the splits stay empty until :func:`merge_stores` joins
@@ -439,36 +453,39 @@ def build_store(
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
 
     batch_cells: list[pd.DataFrame] = []
-    batch_crops: list[np.ndarray] = []
+    batch_chunks: list[StagedChunk] = []
 
     def commit() -> None:
         if batch_cells:
             cells = pd.concat(batch_cells, ignore_index=True)
-            store.append(cells, np.concatenate(batch_crops))
+            store.append_chunks(cells, batch_chunks)
             report.fields_added.extend(cells["image_id"].unique())
             report.cells_added += len(cells)
         batch_cells.clear()
-        batch_crops.clear()
+        batch_chunks.clear()
 
     lost: dict[str, str] = {}
-    with tqdm(total=len(jobs), desc="crop", unit="field", disable=not progress) as bar:
-        for batch, results, lost_because in map_batches(_crop_batch, jobs, executor=executor,
-                                                        workers=workers, ordered=True):
+    bar = tqdm(total=len(jobs), desc="crop", unit="field", disable=not progress)
+    with store.staging() as staging, bar:
+        for batch, result, lost_because in map_batches(_crop_batch, jobs, staging, executor=executor,
+                                                       workers=workers, ordered=True):
             bar.update(len(batch))
             if lost_because is not None:
                 lost.update({job.image_id: lost_because for job in batch})
                 continue
-            for image_id, cells, crops, error in results:
+            results, chunk = result
+            for image_id, cells, error in results:
                 if error is not None:
                     log.warning("skipped field %s: %s", image_id, error)
                     report.fields_failed[image_id] = error
-                    continue
-                if cells.empty:
+                elif cells.empty:
                     log.info("field %s has no cells", image_id)
-                batch_cells.append(cells)
-                batch_crops.append(crops)
-                if len(batch_cells) >= fields_per_commit:
-                    commit()
+                else:
+                    batch_cells.append(cells)
+            if chunk is not None:
+                batch_chunks.append(chunk)
+            if len(batch_cells) >= fields_per_commit:
+                commit()
         commit()
 
     report.fields_failed = dict(sorted(report.fields_failed.items()))
@@ -493,11 +510,10 @@ def merge_stores(
     """Join the part stores of a sharded crop run (``build_store(shard=...)``) into one new store.
 
     The parts must share their crop settings, channels, class scheme, chunk size and table
-    columns, and hold disjoint fields; anything else is refused. Their full crop chunks are
-    hard-linked into ``out`` (:meth:`CellStore.extend`), so the crops are not written a second
-    time; only the rows of each part's last, partial chunk are copied. Images without a split
-    then get one from :func:`assign_splits` over every image, as one run over all the fields
-    would give them, and the parts' ``skipped.csv`` lists are joined.
+    columns, and hold disjoint fields; anything else is refused. Their crop chunks are
+    hard-linked into ``out`` (:meth:`CellStore.extend`), so no crop is written a second time.
+    Images without a split then get one from :func:`assign_splits` over every image, as one run
+    over all the fields would give them, and the parts' ``skipped.csv`` lists are joined.
 
     Parameters
     ----------

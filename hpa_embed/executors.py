@@ -11,8 +11,9 @@ per batch of fields; and which fields one shard of an array job takes.
   files the stages read and write must lie on storage every worker sees;
 * any other :class:`concurrent.futures.Executor`, used as it is.
 
-A task handles a batch of fields and writes its own output (masks) or returns it to the driver
-(crops, which the driver appends to the store); the driver records what completed. A batch lost
+A task handles a batch of fields and writes its own output (masks, or a chunk of crops that the
+driver then links into the store) and returns what the driver records: which fields completed,
+and their table rows. A batch lost
 to the executor (a killed worker, a broken pool) costs only its fields: the others go on, and
 the stage ends with :class:`LostBatchesError` so that a rerun, which skips what is done, does
 the rest. Dask itself first retries a task whose worker died (``distributed.scheduler.

@@ -5,24 +5,30 @@ A store is a directory::
     <store>/store.json                 header (format, version, library version; hpa_embed.io),
                                        crop size, channels, dtype, chunk size, scheme, attrs
     <store>/cells.parquet              one row per cell; column ``row`` indexes the crop array
-    <store>/crops/chunk-000000.npy     uint8 [chunk_size, C, S, S] (the last chunk may hold fewer)
-    <store>/crops/chunk-000001.npy     ...
+    <store>/crops/chunk-000000.npy     uint8 [n0, C, S, S]
+    <store>/crops/chunk-000001.npy     uint8 [n1, C, S, S], rows n0 .. n0 + n1 - 1
+    <store>/incoming/                  chunks written by the tasks of a crop run, not yet committed
 
-Rows ``k * chunk_size ... (k + 1) * chunk_size - 1`` of the crop array live in chunk ``k``.
-Chunks are plain ``.npy`` files read through ``np.load(mmap_mode="r")``: lazy, random access at
-page-cache speed, no dependency beyond numpy, and readable by any tool that reads ``.npy``.
+The crop array is the chunks' rows in chunk order. Chunks are plain ``.npy`` files read through
+``np.load(mmap_mode="r")``: lazy, random access at page-cache speed, no dependency beyond numpy,
+and readable by any tool that reads ``.npy``. :meth:`CellStore.append` fills chunks up to
+``chunk_size`` crops; :meth:`CellStore.append_chunks` takes in chunk files of any size that
+other processes wrote (:func:`write_chunk`: the workers of a crop run, each writing its own batch
+of fields), and :meth:`CellStore.extend` links the chunks of other stores; neither copies a crop.
 
-The table is the commit point. :meth:`CellStore.append` first writes every chunk it touches
-(a partial last chunk is rewritten as old rows + new rows under the same name, atomically, so the
-rows a reader already sees never change), and only then replaces ``cells.parquet`` atomically.
-A crash at any point leaves the previous table, which references only rows that are on disk.
+The table is the commit point. A write first puts every chunk it touches in place (a partial
+last chunk is rewritten as old rows + new rows under the same name, atomically, so the rows a
+reader already sees never change), and only then replaces ``cells.parquet`` atomically. A crash
+at any point leaves the previous table, which references only rows that are on disk.
 
-The table's parquet metadata (key ``hpa_embed.chunks``) holds, per chunk, the SHA-256 of its rows
-when they were written (``{"chunk-000000.npy": {"rows": n, "sha256": ...}}``), and its pages carry
-CRC checksums. A chunk is checked the first time a process maps it (one read of the chunk, which
-readers of its crops mostly make anyway), so a changed crop raises
-:class:`~hpa_embed.io.DataError` naming the chunk instead of reaching a model. Stores written
-before the checksums are read without them.
+The table's parquet metadata (key ``hpa_embed.chunks``) holds, per chunk, its number of rows and
+their SHA-256 when they were written (``{"chunk-000000.npy": {"rows": n, "sha256": ...}}``): the
+row counts say where each chunk starts, and its pages carry CRC checksums. A chunk is checked the
+first time a process maps it (one read of the chunk, which readers of its crops mostly make
+anyway), so a changed crop raises :class:`~hpa_embed.io.DataError` naming the chunk instead of
+reaching a model. Stores of format version 1 hold ``chunk_size`` rows in every chunk but the
+last, and those written before the checksums may lack the metadata; they are read as such, and
+their first write records every chunk.
 
 Writers take ``<store>/write.lock`` (an exclusive ``flock``) for each append or column change and
 first read the table again if another writer committed since, so processes appending to one
@@ -38,22 +44,26 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .io import DataError, atomic_path, read_header, write_header
+from .io import HEADER_KEYS, DataError, atomic_path, read_header, write_header
 from .labels import CHANNELS, ClassScheme, get_scheme
 
-__all__ = ["CellStore", "FORMAT_NAME", "FORMAT_VERSION", "LIST_COLUMNS"]
+__all__ = ["CellStore", "FORMAT_NAME", "FORMAT_VERSION", "LIST_COLUMNS", "StagedChunk", "write_chunk"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "hpa_embed.cellstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1: every chunk but the last holds ``chunk_size`` rows.
+_READ_VERSIONS = {1, FORMAT_VERSION}
 #: Table columns holding lists of class ids (parquet list<int64>; Python lists in memory).
 LIST_COLUMNS: tuple[str, ...] = ("image_labels", "true_labels")
 
@@ -61,6 +71,7 @@ _META_FILE = "store.json"
 _TABLE_FILE = "cells.parquet"
 _CHUNK_DIR = "crops"
 _LOCK_FILE = "write.lock"
+_INCOMING_DIR = "incoming"
 # parquet metadata key of the chunk checksums
 _DIGESTS_KEY = b"hpa_embed.chunks"
 
@@ -117,6 +128,61 @@ def _chunk_name(index: int) -> str:
 def _rows_digest(rows: np.ndarray) -> dict[str, Any]:
     """What the table records of a chunk's rows (uint8 ``[n, C, S, S]``): their count and SHA-256."""
     return {"rows": len(rows), "sha256": hashlib.sha256(np.ascontiguousarray(rows)).hexdigest()}
+
+
+def _chunk_sizes(digests: Mapping[int, Mapping[str, Any]], n_rows: int, chunk_size: int,
+                 where: Path) -> list[int]:
+    """Rows per chunk, in chunk order, of a table of ``n_rows`` rows: those the checksums record,
+    ``chunk_size`` (at most what is left) for a chunk without one (a store of format version 1)."""
+    sizes: list[int] = []
+    total = 0
+    while total < n_rows:
+        entry = digests.get(len(sizes))
+        sizes.append(entry["rows"] if entry is not None else min(chunk_size, n_rows - total))
+        if sizes[-1] < 1:
+            raise DataError(where, f"chunk {_chunk_name(len(sizes) - 1)} is recorded with no rows")
+        total += sizes[-1]
+    if total != n_rows:
+        raise DataError(where, f"the chunks hold {total} rows, the table {n_rows}")
+    return sizes
+
+
+@dataclass(frozen=True)
+class StagedChunk:
+    """A chunk file written by :func:`write_chunk`, for :meth:`CellStore.append_chunks`.
+
+    Attributes
+    ----------
+    path : str
+        The ``.npy`` file, uint8 ``[rows, C, S, S]``.
+    rows : int
+    sha256 : str
+        Of its crops, as they were written.
+    """
+
+    path: str
+    rows: int
+    sha256: str
+
+
+def write_chunk(directory: str | os.PathLike, crops: np.ndarray) -> StagedChunk:
+    """Write crops (uint8 ``[n, C, S, S]``, ``n >= 1``) to a new chunk file in ``directory``.
+
+    What a worker of a crop run calls for its batch of fields; the driver then moves the file
+    into the store with :meth:`CellStore.append_chunks`, so the crops are written once, by the
+    worker, and never pass through the driver. ``directory`` must lie on the store's file system
+    (:meth:`CellStore.staging` gives one inside the store).
+    """
+    crops = np.ascontiguousarray(crops)
+    if crops.dtype != np.uint8 or crops.ndim != 4 or not len(crops):
+        raise ValueError(f"crops must be uint8 [n >= 1, C, S, S], got {crops.dtype} {crops.shape}")
+    path = Path(directory) / f"chunk-{uuid.uuid4().hex}.npy"
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, crops)
+        _fsync(tmp)
+    digest = _rows_digest(crops)
+    return StagedChunk(str(path), digest["rows"], digest["sha256"])
 
 
 def _read_table(table_path: Path) -> tuple[pd.DataFrame, dict[int, dict[str, Any]]]:
@@ -186,11 +252,11 @@ class CellStore:
                  stamp: tuple[int, int, int] | None = None, digests: dict[int, dict] | None = None):
         self.path = path
         self.meta = meta
-        self._cells = cells
         self._chunks: dict[int, np.ndarray] = {}
         # checksums of the chunks' rows: as committed with the table, and those written since
         self._digests: dict[int, dict[str, Any]] = dict(digests or {})
         self._pending: dict[int, dict[str, Any]] = {}
+        self._set_table(cells, self._digests)
         # the table file the cells were read from, taken before reading it: a table committed by
         # another writer meanwhile differs from it and is read again before this store writes
         self._stamp = stamp
@@ -250,7 +316,7 @@ class CellStore:
     def open(cls, path: str | os.PathLike) -> CellStore:
         """Open an existing store; raises :class:`~hpa_embed.io.DataError` if it is not one."""
         path = Path(path)
-        meta = read_header(path / _META_FILE, FORMAT_NAME, {FORMAT_VERSION}, what="cell store")
+        meta = read_header(path / _META_FILE, FORMAT_NAME, _READ_VERSIONS, what="cell store")
         _check_meta(path / _META_FILE, meta)
         stamp = _table_stamp(path / _TABLE_FILE)
         cells, digests = _read_table(path / _TABLE_FILE)
@@ -286,7 +352,38 @@ class CellStore:
 
     @property
     def chunk_size(self) -> int:
+        """Crops :meth:`append` puts in a chunk (chunks from other writers may hold any number)."""
         return int(self.meta["chunk_size"])
+
+    @property
+    def chunk_rows(self) -> tuple[int, ...]:
+        """Rows of each chunk, in chunk order (their sum is ``len(self)``)."""
+        return tuple(self._sizes)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A new folder ``<store>/incoming/<random>/`` for :func:`write_chunk`, removed when the
+        block ends. Folders that killed runs left there are removed first: a run holds a lock on
+        ``<random>.lock`` while its folder is in use."""
+        incoming = self.path / _INCOMING_DIR
+        incoming.mkdir(exist_ok=True)
+        for lock_path in incoming.glob("*.lock"):
+            with open(lock_path, "a+b") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a run in progress
+                shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+        folder = incoming / uuid.uuid4().hex
+        with open(folder.with_suffix(".lock"), "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            folder.mkdir()
+            try:
+                yield folder
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.with_suffix(".lock").unlink(missing_ok=True)
 
     @property
     def scheme(self) -> ClassScheme:
@@ -312,10 +409,12 @@ class CellStore:
                 raise DataError(path, f"chunk holds {chunk.dtype} {chunk.shape}, expected uint8 "
                                       f"[n, {', '.join(map(str, self.crop_shape))}] as {_META_FILE} says")
             expected = self._pending.get(index) or self._digests.get(index)
-            if expected is not None and (len(chunk) < expected["rows"]
-                                         or _rows_digest(chunk[:expected["rows"]]) != expected):
+            needed = expected["rows"] if expected is not None else self._sizes[index]
+            if len(chunk) < needed:
+                raise DataError(path, f"chunk holds {len(chunk)} rows, the table expects {needed}")
+            if expected is not None and _rows_digest(chunk[:needed]) != expected:
                 raise DataError(path, "checksum mismatch: the crops are corrupt or were changed "
-                                      f"after saving (checked {expected['rows']} rows)")
+                                      f"after saving (checked {needed} rows)")
             self._chunks[index] = chunk
         return chunk
 
@@ -338,15 +437,38 @@ class CellStore:
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows must lie in 0..{len(self) - 1}, got {rows.min()}..{rows.max()}")
         out = np.empty((len(rows), *self.crop_shape), dtype=np.uint8)
-        chunk_of_row = rows // self.chunk_size
+        chunk_of_row = np.searchsorted(self._starts, rows, side="right") - 1
         order = np.argsort(chunk_of_row, kind="stable")
         chunks, starts = np.unique(chunk_of_row[order], return_index=True)
         for chunk_index, positions in zip(chunks, np.split(order, starts[1:])):
-            local = rows[positions] - chunk_index * self.chunk_size
+            local = rows[positions] - self._starts[chunk_index]
             out[positions] = self._chunk(int(chunk_index))[local]
         return out
 
     # ----------------------------------------------------------------------- writing
+
+    def _check_new_cells(self, cells: pd.DataFrame, n_crops: int) -> None:
+        if len(cells) != n_crops:
+            raise ValueError(f"{len(cells)} table rows but {n_crops} crops")
+        missing = {"cell_id", "image_id"} - set(cells.columns)
+        if missing:
+            raise ValueError(f"the cell table lacks column(s) {sorted(missing)}")
+        if cells["cell_id"].duplicated().any():
+            raise ValueError(f"duplicate cell_id in the new cells: "
+                             f"{cells['cell_id'][cells['cell_id'].duplicated()].iloc[0]!r}")
+
+    def _commit_new_cells(self, cells: pd.DataFrame, sizes: list[int]) -> np.ndarray:
+        """Commit the table with ``cells`` after the current rows (the chunks are in place)."""
+        start = len(self)
+        rows = np.arange(start, start + len(cells), dtype=np.int64)
+        new = cells.drop(columns=["row"], errors="ignore").assign(row=rows)
+        self._write_table(new if start == 0 else pd.concat([self._cells, new], ignore_index=True), sizes)
+        return rows
+
+    def _refuse_known(self, cell_ids: pd.Series) -> None:
+        clash = set(cell_ids) & set(self._cells["cell_id"])
+        if clash:
+            raise ValueError(f"{len(clash)} cell_id(s) already in the store, e.g. {sorted(clash)[0]!r}")
 
     def append(self, cells: pd.DataFrame, crops: np.ndarray) -> np.ndarray:
         """Add cells and their crops; returns the ``row`` values they were given, int64 ``[n]``.
@@ -358,7 +480,8 @@ class CellStore:
             ``image_id``. A ``row`` column, if any, is replaced.
         crops : uint8 ``[n, C, S, S]``
 
-        The chunks are written before the table that references them, each through
+        The crops fill the last chunk up to ``chunk_size`` rows, then new chunks. The chunks are
+        written before the table that references them, each through
         :func:`~hpa_embed.io.atomic_path`, so an exception or a crash at any point leaves the
         store as it was before the call.
         """
@@ -366,38 +489,62 @@ class CellStore:
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != self.crop_shape:
             raise ValueError(f"crops must be uint8 [n, {', '.join(map(str, self.crop_shape))}], "
                              f"got {crops.dtype} {crops.shape}")
-        if len(cells) != len(crops):
-            raise ValueError(f"{len(cells)} table rows but {len(crops)} crops")
-        missing = {"cell_id", "image_id"} - set(cells.columns)
-        if missing:
-            raise ValueError(f"the cell table lacks column(s) {sorted(missing)}")
-        if cells["cell_id"].duplicated().any():
-            raise ValueError(f"duplicate cell_id in the new cells: "
-                             f"{cells['cell_id'][cells['cell_id'].duplicated()].iloc[0]!r}")
+        self._check_new_cells(cells, len(crops))
         if len(cells) == 0:
             return np.empty(0, dtype=np.int64)
         with self._writing():
-            clash = set(cells["cell_id"]) & set(self._cells["cell_id"])
-            if clash:
-                raise ValueError(f"{len(clash)} cell_id(s) already in the store, e.g. {sorted(clash)[0]!r}")
-            start = len(self)
-            rows = np.arange(start, start + len(cells), dtype=np.int64)
-            self._write_rows(start, crops)
-            new = cells.drop(columns=["row"], errors="ignore").assign(row=rows)
-            table = new if start == 0 else pd.concat([self._cells, new], ignore_index=True)
-            self._write_table(table)
+            self._refuse_known(cells["cell_id"])
+            return self._commit_new_cells(cells, self._write_rows(crops))
+
+    def append_chunks(self, cells: pd.DataFrame, chunks: Sequence[StagedChunk]) -> np.ndarray:
+        """Add cells whose crops are in chunk files :func:`write_chunk` wrote; returns their ``row``
+        values, int64 ``[n]``.
+
+        Each file becomes a chunk of the store as it is (a hard link, or a copy where
+        ``<store>/crops`` is on another file system), after the current ones, and is removed
+        once the table is committed; no crop is read or written again. The checksums recorded
+        are those :func:`write_chunk` computed. A failure before the commit leaves the store as
+        it was and the files where they were.
+
+        Parameters
+        ----------
+        cells : DataFrame
+            As for :meth:`append`: one row per crop of the chunks, in their order.
+        chunks : sequence of StagedChunk
+        """
+        self._check_new_cells(cells, sum(chunk.rows for chunk in chunks))
+        for chunk in chunks:
+            try:
+                mapped = np.load(chunk.path, mmap_mode="r")  # reads the header only
+            except (OSError, ValueError) as error:
+                raise DataError(chunk.path, f"unreadable staged crop chunk ({error})") from error
+            if mapped.dtype != np.uint8 or mapped.shape != (chunk.rows, *self.crop_shape):
+                raise DataError(chunk.path, f"staged chunk holds {mapped.dtype} {mapped.shape}, expected "
+                                            f"uint8 [{chunk.rows}, {', '.join(map(str, self.crop_shape))}]")
+            del mapped
+        if len(cells) == 0:
+            return np.empty(0, dtype=np.int64)
+        with self._writing():
+            self._refuse_known(cells["cell_id"])
+            sizes = list(self._sizes)
+            for chunk in chunks:
+                _link_or_copy(Path(chunk.path), self._chunk_path(len(sizes)))
+                self._chunks.pop(len(sizes), None)
+                self._pending[len(sizes)] = {"rows": chunk.rows, "sha256": chunk.sha256}
+                sizes.append(chunk.rows)
+            rows = self._commit_new_cells(cells, sizes)
+        for chunk in chunks:
+            Path(chunk.path).unlink(missing_ok=True)
         return rows
 
     def extend(self, stores: Sequence[CellStore]) -> None:
-        """Add every cell of other stores without copying their full chunks.
+        """Add every cell of other stores without copying a crop.
 
-        The full chunks of each store become chunks of this one through hard links (a copy
-        where the file system has none; chunks are only ever replaced, never changed in place,
-        so the stores stay independent). The rows of each store's last, partial chunk follow,
-        copied. New rows: every store's full-chunk rows in the order given, then their
-        partial-chunk rows; the table, committed once at the end, keeps the stores' columns.
-        This store must end on a chunk boundary (an empty one does), and the others must have
-        its crop shape, channels, chunk size and scheme.
+        The chunks of each store become chunks of this one, in the order given, through hard
+        links (a copy where the file system has none; chunks are only ever replaced, never
+        changed in place, so the stores stay independent); the table, committed once at the
+        end, keeps the stores' columns. The other stores must have this one's crop shape,
+        channels, chunk size and scheme.
 
         Parameters
         ----------
@@ -413,44 +560,25 @@ class CellStore:
                                      f"{getattr(self, key)} in {self.path}")
             if store.scheme.name != self.scheme.name:
                 raise ValueError(f"{store.path}: scheme {store.scheme.name} differs from {self.scheme.name}")
-        ids = pd.concat([_empty_table()["cell_id"], *(store.cells["cell_id"] for store in stores)],
-                        ignore_index=True)
-        if ids.duplicated().any():
-            raise ValueError(f"the stores share cell_id {ids[ids.duplicated()].iloc[0]!r}")
-        size = self.chunk_size
+        tables = [store.cells for store in stores if len(store)] or [_empty_table()]
+        new = pd.concat(tables, ignore_index=True)
+        if new["cell_id"].duplicated().any():
+            shared = new["cell_id"][new["cell_id"].duplicated()].iloc[0]
+            raise ValueError(f"the stores share cell_id {shared!r}")
         with self._writing():
-            if len(self) % size:
-                raise ValueError(f"{self.path}: its {len(self)} rows do not end on a chunk boundary "
-                                 f"({size} rows per chunk)")
-            clash = set(ids) & set(self._cells["cell_id"])
-            if clash:
-                raise ValueError(f"{len(clash)} cell_id(s) already in the store, e.g. {sorted(clash)[0]!r}")
-            chunk, full, tails = len(self) // size, [], []
+            self._refuse_known(new["cell_id"])
+            sizes = list(self._sizes)
             for store in stores:
-                n_full = len(store) // size
-                for index in range(n_full):
-                    if len(store._chunk(index)) != size:  # _chunk checks the dtype and crop shape
-                        raise DataError(store._chunk_path(index), f"a full chunk must hold {size} rows")
-                    _link_or_copy(store._chunk_path(index), self._chunk_path(chunk))
+                for index, rows in enumerate(store.chunk_rows):
+                    store._chunk(index)  # checks the dtype, crop shape, rows and checksum
+                    _link_or_copy(store._chunk_path(index), self._chunk_path(len(sizes)))
+                    self._chunks.pop(len(sizes), None)
                     if index in store._digests:  # the same file: the same checksum
-                        self._pending[chunk] = store._digests[index]
-                    chunk += 1
-                full.append(store.cells.iloc[: n_full * size])
-                tails.append((store, store.cells.iloc[n_full * size:]))
-            position, pending = chunk * size, [np.empty((0, *self.crop_shape), dtype=np.uint8)]
-            for store, tail in tails:  # copied a chunk at a time: memory stays at one chunk or two
-                pending.append(store.get_crops(tail["row"].to_numpy()))
-                block = np.concatenate(pending)
-                ready = len(block) // size * size
-                self._write_rows(position, block[:ready])
-                position, pending = position + ready, [block[ready:]]
-            self._write_rows(position, pending[0])
-            new = pd.concat([*full, *(tail for _, tail in tails)], ignore_index=True)
-            start = len(self)
-            new = new.assign(row=np.arange(start, start + len(new), dtype=np.int64))
-            self._write_table(new if start == 0 else pd.concat([self._cells, new], ignore_index=True))
-        log.info("%s: %d cells added from %d store(s), %d of them in linked chunks", self.path, len(new),
-                 len(stores), sum(map(len, full)))
+                        self._pending[len(sizes)] = store._digests[index]
+                    sizes.append(rows)
+            self._commit_new_cells(new, sizes)
+        log.info("%s: %d cells added from %d store(s) in %d linked chunks", self.path, len(new),
+                 len(stores), sum(len(store.chunk_rows) for store in stores))
 
     def set_columns(self, columns: Mapping[str, Sequence[Any]]) -> None:
         """Replace or add table columns (one value per cell), atomically; crops are untouched."""
@@ -463,7 +591,7 @@ class CellStore:
                 raise DataError(self.path / _TABLE_FILE, f"another writer added {len(self) - known} cells "
                                 "since these columns were computed; compute them again")
             table = self._cells.assign(**{name: list(values) for name, values in columns.items()})
-            self._write_table(table)
+            self._write_table(table, list(self._sizes))
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -475,28 +603,30 @@ class CellStore:
                 # whose file stamp happens to equal ours (coarse mtime, a reused inode)
                 stamp = _table_stamp(self.path / _TABLE_FILE)
                 if stamp != self._stamp or _table_rows(self.path / _TABLE_FILE) != len(self._cells):
-                    self._cells, self._digests = _read_table(self.path / _TABLE_FILE)
+                    self._set_table(*_read_table(self.path / _TABLE_FILE))
                     self._chunks.clear()  # a partial chunk may have been rewritten
                     self._stamp = stamp
                 self._pending.clear()  # what a failed write left uncommitted
+                if self.meta["version"] != FORMAT_VERSION:  # this write may give chunks any size
+                    body = {key: value for key, value in self.meta.items() if key not in HEADER_KEYS}
+                    self.meta = write_header(self.path / _META_FILE, FORMAT_NAME, FORMAT_VERSION, body)
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _write_rows(self, start: int, crops: np.ndarray) -> None:
-        written = 0
+    def _write_rows(self, crops: np.ndarray) -> list[int]:
+        """Write ``crops`` after the committed rows: into the last chunk up to ``chunk_size``
+        rows, then new chunks. Returns the rows per chunk the table will then have."""
+        sizes, written = list(self._sizes), 0
         while written < len(crops):
-            position = start + written
-            chunk_index, offset = divmod(position, self.chunk_size)
+            if not sizes or sizes[-1] >= self.chunk_size:
+                sizes.append(0)
+            chunk_index, offset = len(sizes) - 1, sizes[-1]
             take = min(self.chunk_size - offset, len(crops) - written)
             part = crops[written : written + take]
             if offset:
                 # Keep the committed rows of a partial chunk; rows past them are uncommitted leftovers.
-                kept = self._chunk(chunk_index)
-                if len(kept) < offset:
-                    raise DataError(self._chunk_path(chunk_index),
-                                    f"chunk holds {len(kept)} rows, the table expects {offset}")
-                part = np.concatenate([kept[:offset], part])
+                part = np.concatenate([self._chunk(chunk_index)[:offset], part])
             path = self._chunk_path(chunk_index)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as handle:
@@ -504,19 +634,31 @@ class CellStore:
                 _fsync(tmp)
             self._chunks.pop(chunk_index, None)
             self._pending[chunk_index] = _rows_digest(part)
+            sizes[-1] = len(part)
             written += take
+        return sizes
 
-    def _write_table(self, table: pd.DataFrame) -> None:
-        """Commit ``table`` with the checksums of the chunks written since the last commit."""
+    def _write_table(self, table: pd.DataFrame, sizes: list[int]) -> None:
+        """Commit ``table``, whose rows the chunks of ``sizes`` rows hold, with the checksums of
+        every chunk (those of a version-1 store that had none are computed now)."""
         import pyarrow as pa
 
         digests = {**self._digests, **self._pending}
+        for index, rows in enumerate(sizes):
+            if index not in digests:
+                digests[index] = _rows_digest(self._chunk(index)[:rows])
         schema = pa.Schema.from_pandas(table, preserve_index=False)
-        recorded = {_chunk_name(index): digests[index] for index in sorted(digests)}
+        recorded = {_chunk_name(index): digests[index] for index in range(len(sizes))}
         schema = schema.with_metadata({**schema.metadata, _DIGESTS_KEY: json.dumps(recorded).encode()})
         with atomic_path(self.path / _TABLE_FILE) as tmp:
             table.to_parquet(tmp, index=False, schema=schema, write_page_checksum=True)
             _fsync(tmp)
-        self._cells, self._digests = table, digests
+        self._set_table(table, {index: digests[index] for index in range(len(sizes))})
         self._pending = {}
         self._stamp = _table_stamp(self.path / _TABLE_FILE)
+
+    def _set_table(self, cells: pd.DataFrame, digests: dict[int, dict[str, Any]]) -> None:
+        """Take ``cells`` and the chunk checksums as the committed state; derive the chunk layout."""
+        self._cells, self._digests = cells, digests
+        self._sizes = _chunk_sizes(digests, len(cells), self.chunk_size, self.path / _TABLE_FILE)
+        self._starts = np.concatenate([[0], np.cumsum(self._sizes, dtype=np.int64)])

@@ -128,6 +128,16 @@ def temporary_in(directory: Path, name: str) -> Callable[[], bool]:
     return ready
 
 
+def staged_chunk_being_written(store: Path) -> Callable[[], bool]:
+    """Whether a crop task is writing its chunk in ``<store>/incoming/<run>/`` now."""
+
+    def ready() -> bool:
+        return any(path.name.startswith(".chunk-") and ".tmp-" in path.name
+                   for path in (store / "incoming").glob("*/.*"))
+
+    return ready
+
+
 def leftovers(directory: Path) -> list[Path]:
     """The temporary files and folders of ``hpa_embed.io.atomic_path`` that a killed writer left."""
     return [path for path in directory.rglob(".*") if ".tmp-" in path.name or ".old-" in path.name]
@@ -175,7 +185,7 @@ def test_a_killed_store_build_resumes_without_losing_or_repeating_a_cell(tiny_da
     out = tmp_path / "store"
     moments = {  # where each kill lands
         "after a commit": lambda: table_rows(out) > 0,
-        "writing a crop chunk": temporary_in(out / "crops", "chunk-000000.npy"),
+        "writing a crop chunk": staged_chunk_being_written(out),
         "writing the table": temporary_in(out, "cells.parquet"),
         "later, after more commits": lambda: table_rows(out) > len(reference) // 2,
     }
@@ -191,6 +201,7 @@ def test_a_killed_store_build_resumes_without_losing_or_repeating_a_cell(tiny_da
     assert killed[:2] == ["after a commit", "writing a crop chunk"]
 
     build_tiny_store(tiny_dataset, out)
+    assert not list((out / "incoming").iterdir())  # what the killed runs staged was removed
     store = CellStore.open(out)
     pd.testing.assert_frame_equal(store.cells, reference.cells)
     np.testing.assert_array_equal(store.get_crops(store.cells["row"].to_numpy()),

@@ -21,7 +21,7 @@ from hpa_embed.crops import (
 from hpa_embed.data import cell_targets
 from hpa_embed.io import DataError, LabelTable, read_field, write_labels, write_mask, write_png
 from hpa_embed.labels import CHANNELS, HPA2021, RGB_CHANNELS
-from hpa_embed.store import CellStore
+from hpa_embed.store import CellStore, write_chunk
 
 NO_SCALING = dict(normalisation="none", margin=0.0)
 
@@ -199,6 +199,87 @@ def test_store_round_trip_append_and_random_access(tmp_path):
         "chunk-000000.npy", "chunk-000001.npy", "chunk-000002.npy"]
 
 
+def test_chunks_written_elsewhere_join_the_store_as_they_are(tmp_path):
+    store = CellStore.create(tmp_path / "s", crop_size=8, chunk_size=5)
+    cells, crops = random_cells(21, seed=3)
+    store.append(cells[:7], crops[:7])  # chunks of 5 and 2 rows
+    staging = tmp_path / "s" / "incoming" / "run"
+    staging.mkdir(parents=True)
+    staged = [write_chunk(staging, crops[7:10]), write_chunk(staging, crops[10:18])]  # 3 and 8 rows
+    assert store.append_chunks(cells[7:18], staged).tolist() == list(range(7, 18))
+    assert not list(staging.iterdir())  # moved into the store
+    assert store.chunk_rows == (5, 2, 3, 8)
+    store.append(cells[18:], crops[18:])  # fills no chunk past chunk_size: a new one
+    reopened = CellStore.open(tmp_path / "s")
+    assert reopened.chunk_rows == (5, 2, 3, 8, 3) and len(reopened) == 21
+    rows = np.array([20, 0, 6, 7, 9, 10, 17, 18, 3, 17])
+    np.testing.assert_array_equal(reopened.get_crops(rows), crops[rows])
+    assert reopened.cells["cell_id"].tolist() == cells["cell_id"].tolist()
+    # the checksum recorded is the one the writer computed: a changed staged chunk is caught
+    (bad,) = [write_chunk(staging, random_cells(4, seed=9)[1])]
+    np.save(bad.path, np.zeros((4, 4, 8, 8), np.uint8))
+    reopened.append_chunks(random_cells(4, start=21)[0], [bad])
+    with pytest.raises(DataError, match="chunk-000005.npy: checksum mismatch"):
+        CellStore.open(tmp_path / "s").get_crops([22])
+
+
+def test_staged_chunks_of_the_wrong_shape_are_refused_before_anything_moves(tmp_path):
+    store = CellStore.create(tmp_path / "s", crop_size=8)
+    cells, crops = random_cells(4)
+    good = write_chunk(tmp_path, crops[:2])
+    wrong = write_chunk(tmp_path, np.zeros((2, 4, 6, 6), np.uint8))
+    with pytest.raises(DataError, match=r"chunk-.*\.npy: staged chunk holds uint8 \(2, 4, 6, 6\)"):
+        store.append_chunks(cells, [good, wrong])
+    with pytest.raises(ValueError, match="4 table rows but 2 crops"):
+        store.append_chunks(cells, [good])
+    assert Path(good.path).exists() and len(CellStore.open(tmp_path / "s")) == 0
+    with pytest.raises(ValueError, match="uint8"):
+        write_chunk(tmp_path, crops[:0])
+
+
+def test_a_version_1_store_reads_and_takes_writes(tmp_path):
+    """Format 1 (every chunk but the last full; the oldest stores without checksums) reads as
+    before, and its first write records every chunk and marks the store version 2."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s"
+    store = CellStore.create(path, crop_size=8, chunk_size=4)
+    cells, crops = random_cells(14)
+    store.append(cells[:10], crops[:10])  # chunks of 4, 4, 2
+    meta = json.loads((path / "store.json").read_text())
+    (path / "store.json").write_text(json.dumps({**meta, "version": 1}))
+    table = pq.read_table(path / "cells.parquet")
+    pq.write_table(table.replace_schema_metadata({}), path / "cells.parquet")  # no checksums
+    old = CellStore.open(path)
+    assert old.chunk_rows == (4, 4, 2) and old.meta["version"] == 1
+    np.testing.assert_array_equal(old.get_crops(np.arange(10)), crops[:10])
+    old.append(cells[10:], crops[10:])
+    assert json.loads((path / "store.json").read_text())["version"] == 2
+    recorded = json.loads(pq.read_schema(path / "cells.parquet").metadata[b"hpa_embed.chunks"])
+    assert {name: entry["rows"] for name, entry in recorded.items()} == {
+        "chunk-000000.npy": 4, "chunk-000001.npy": 4, "chunk-000002.npy": 4, "chunk-000003.npy": 2}
+    np.testing.assert_array_equal(CellStore.open(path).get_crops(np.arange(14)), crops)
+
+
+def test_staging_folders_of_killed_runs_are_removed_not_those_of_runs_in_progress(tmp_path):
+    import fcntl
+
+    store = CellStore.create(tmp_path / "s", crop_size=8)
+    incoming = tmp_path / "s" / "incoming"
+    incoming.mkdir()
+    for name in ("killed", "running"):
+        (incoming / name).mkdir()
+        (incoming / name / "chunk-x.npy").write_bytes(b"x")
+        (incoming / f"{name}.lock").touch()
+    with open(incoming / "running.lock", "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with store.staging() as folder:
+            assert folder.parent == incoming and folder.is_dir()
+            assert sorted(path.name for path in incoming.iterdir()) == sorted(
+                ["running", "running.lock", folder.name, f"{folder.name}.lock"])
+    assert sorted(path.name for path in incoming.iterdir()) == ["running", "running.lock"]
+
+
 def test_store_refuses_duplicates_and_bad_crops(tmp_path):
     store = CellStore.create(tmp_path / "s", crop_size=8)
     cells, crops = random_cells(3)
@@ -213,9 +294,9 @@ def test_store_refuses_duplicates_and_bad_crops(tmp_path):
         CellStore.open(tmp_path)
     meta_path = tmp_path / "s" / "store.json"
     meta = json.loads(meta_path.read_text())
-    assert (meta["format"], meta["version"], meta["crop_size"]) == ("hpa_embed.cellstore", 1, 8)
-    meta_path.write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(DataError, match=r"store\.json: cell store format version 2 is not supported"):
+    assert (meta["format"], meta["version"], meta["crop_size"]) == ("hpa_embed.cellstore", 2, 8)
+    meta_path.write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(DataError, match=r"store\.json: cell store format version 3 is not supported"):
         CellStore.open(tmp_path / "s")
 
 
@@ -342,20 +423,21 @@ def test_build_store_appends_and_resumes_without_duplicates(tmp_path, monkeypatc
     reference = crops_by_cell(CellStore.open(tmp_path / "once"))
 
     # an interruption after the first commit (2 fields) of a run
-    real_append, calls = CellStore.append, []
+    real_append, calls = CellStore.append_chunks, []
 
-    def append_then_crash(self, cells, crops):
+    def append_then_crash(self, cells, chunks):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_append(self, cells, crops)
+        return real_append(self, cells, chunks)
 
-    monkeypatch.setattr(CellStore, "append", append_then_crash)
+    monkeypatch.setattr(CellStore, "append_chunks", append_then_crash)
     with pytest.raises(KeyboardInterrupt):
         build_store(images, masks, tmp_path / "s", labels=labels, config=config,
                     image_ids=["f00", "f01", "f02", "f03"], workers=1, fields_per_commit=2)
     monkeypatch.undo()
     assert sorted(set(CellStore.open(tmp_path / "s").cells["image_id"])) == ["f00", "f01"]
+    assert not list((tmp_path / "s" / "incoming").iterdir())  # the run's staged chunks are gone
 
     resumed = build_store(images, masks, tmp_path / "s", labels=labels,
                           image_ids=["f00", "f01", "f02", "f03"], workers=1)
