@@ -6,7 +6,9 @@ against their true labels, beside the linear model on intensity statistics. The 
 one thing at a time: the loss (CE on single-label cells vs BCE on the same cells), the sampler,
 the classifier's initial bias; then, from the best of those (``bce-prior-balanced``), the
 learning rate, augmentation, the crop size, the crops' normalisation, masked crops against crops
-that keep their neighbours, and the backbone (``best-*``).
+that keep their neighbours, and the backbone (``best-*``). The ``weak-*`` variants train on the
+image labels instead, and on copies of them corrected one error at a time, to tell which error
+of the weak labels costs what.
 
     .venv/bin/python benchmarks/bench_diagnose.py --images 160 --epochs 8
     .venv/bin/python benchmarks/bench_diagnose.py --only bce-shuffle,bce-prior-bias
@@ -22,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from bench_calibration import intensity_baseline
 from common import machine, synthetic_store
 
@@ -39,11 +43,11 @@ BCE = LossConfig(classification="bce", metric=None)
 BCE_TRIPLET = LossConfig(classification="bce", metric="triplet", miner="semihard", multilabel_mining=True)
 PRIOR = {"classifier_bias": "prior"}
 
-# name: (cells: "single" = cells with one true label, "all" = every cell; loss; data; train overrides
+# name: (labels: "all" = the store as it is, else a rule of RELABEL; loss; data; train overrides
 #        [, crop overrides [, model overrides]])
 VARIANTS = {
-    "ce-single": ("single", CE, DataConfig(label_mode="single_label", sampler="shuffle"), {}),
-    "bce-single": ("single", BCE, DataConfig(label_mode="image_labels", sampler="shuffle"), {}),
+    "ce-single": ("single-true", CE, DataConfig(label_mode="single_label", sampler="shuffle"), {}),
+    "bce-single": ("single-true", BCE, DataConfig(label_mode="image_labels", sampler="shuffle"), {}),
     "bce-shuffle": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"), {}),
     "bce-balanced": ("all", BCE, DataConfig(label_mode="true_labels", sampler="balanced", m_per_class=4), {}),
     "bce-prior-bias": ("all", BCE, DataConfig(label_mode="true_labels", sampler="shuffle"),
@@ -69,15 +73,63 @@ VARIANTS |= {
     "best-crop-neighbours": (*_BEST, {"keep_neighbours": True}),
     "best-resnet34": (*_BEST, {}, {"arch": "resnet34"}),
 }
+# the weak labels against the truth, on the same cells: the seed's recipe on its image labels and on
+# the true labels of the same cells; the BCE recipe on image labels, without the cells that show
+# none of them (silent), with the silent cells as Negative, and the oracle (bce-prior-balanced)
+_SEED_CE = (CE, DataConfig(label_mode="single_label", sampler="shuffle"), {})
+_WEAK_BCE = (BCE, DataConfig(label_mode="image_labels", sampler="balanced", m_per_class=4), PRIOR)
+VARIANTS |= {
+    "weak-seed-ce": ("all", *_SEED_CE),
+    "weak-seed-ce-true": ("single-image-true", *_SEED_CE),
+    "weak-bce": ("all", *_WEAK_BCE),
+    "weak-bce-no-silent": ("shown", *_WEAK_BCE),
+    "weak-bce-silent-negative": ("silent-negative", *_WEAK_BCE),
+    "weak-bce-dim-negative": ("dim-negative", *_WEAK_BCE),
+}
 
 
-def single_label_copy(store_path: Path, out: Path) -> Path:
-    """A copy of the store whose 'image labels' are the true labels of cells that have one
-    (the label modes "single_label" and "image_labels" then read the same cells)."""
+NEGATIVE = 18
+#: Below this share of the brightest cell of its image (green, 95th percentile), "dim-negative"
+#: calls a cell silent.
+DIM = 0.2
+# the labels a relabelled copy gives a cell, from its image's labels, its true labels and its
+# green brightness relative to the brightest cell of its image
+RELABEL = {
+    # cells with one true label, given it (label modes "single_label" and "image_labels" then
+    # read the same cells)
+    "single-true": lambda image, true, bright: list(true) if len(true) == 1 else [],
+    # the cells of single-label images, given their true label (one: the image's, or Negative)
+    "single-image-true": lambda image, true, bright: list(true) if len(image) == 1 else [],
+    # cells that show a label keep their image's labels; silent cells (true [18]) are left out
+    "shown": lambda image, true, bright: list(image) if true != [NEGATIVE] else [],
+    # ... or become Negative
+    "silent-negative": lambda image, true, bright: list(image) if true != [NEGATIVE] else [NEGATIVE],
+    # without the truth: the dim cells of a labelled image become Negative
+    "dim-negative": lambda image, true, bright: [NEGATIVE] if image and bright < DIM else list(image),
+}
+
+
+def green_brightness(store: CellStore) -> np.ndarray:
+    """Per cell, the 95th percentile of its green pixels in field units (crop / 255 * scale),
+    relative to the brightest cell of its image by the same measure; float ``[N]``."""
+    cells = store.cells
+    crops = store.get_crops(cells["row"].to_numpy())
+    inside = crops.max(axis=1) > 0  # masked crops are zero outside the cell
+    green = crops[:, store.channels.index("green")]
+    p95 = np.array([np.percentile(g[m], 95) if m.any() else 0.0 for g, m in zip(green, inside)])
+    p95 = p95 / 255 * cells["scale_green"].to_numpy()
+    brightest = pd.Series(p95).groupby(cells["image_id"].to_numpy()).transform("max").to_numpy()
+    return p95 / np.maximum(brightest, 1e-12)
+
+
+def relabelled_copy(store_path: Path, out: Path, rule: str) -> Path:
+    """A copy of the store whose image labels are :data:`RELABEL` ``[rule]`` of each cell's."""
     shutil.copytree(store_path, out)
     store = CellStore.open(out)
-    true = store.cells["true_labels"]
-    store.set_columns({"image_labels": [list(v) if v is not None and len(v) == 1 else [] for v in true]})
+    relabel, cells, brightness = RELABEL[rule], store.cells, green_brightness(store)
+    store.set_columns({"image_labels": [
+        relabel(list(image), [] if true is None else list(true), bright)
+        for image, true, bright in zip(cells["image_labels"], cells["true_labels"], brightness)]})
     return out
 
 
@@ -123,15 +175,17 @@ def main() -> None:
         tmp = Path(tmp)
         store_path = synthetic_store(tmp, args.crop_size, args.images, "standard")
         store = CellStore.open(store_path)
-        single = single_label_copy(store_path, tmp / "single")
+        relabelled: dict[str, Path] = {}
         recropped: dict[str, Path] = {}  # the same fields, cut with other crop settings
         print(f"{args.images} 'standard' fields, {len(store)} cells "
               f"({store.cells['split'].value_counts().to_dict()}), {machine()}", file=sys.stderr)
         rows = [("intensity statistics (logistic regression)", intensity_baseline(store))]
         for name in names:
-            cells, loss, data, overrides, *rest = VARIANTS[name]
+            labels, loss, data, overrides, *rest = VARIANTS[name]
             crop, model = (rest + [{}, {}])[:2]
-            path = single if cells == "single" else store_path
+            if labels != "all" and labels not in relabelled:
+                relabelled[labels] = relabelled_copy(store_path, tmp / f"labels-{labels}", labels)
+            path = store_path if labels == "all" else relabelled[labels]
             if crop:
                 key = repr(sorted(crop.items()))
                 if key not in recropped:

@@ -379,15 +379,18 @@ def _stage_crop(paths: RunPaths, workers: int | None, progress: bool, executor: 
 
 def _train(paths: RunPaths, progress: bool):
     """Every training round of the run (resumed where it stopped) -> the last round's FitResult."""
-    from .recipes import train_pseudo_round
+    from .recipes import train_dim_negative, train_pseudo_round
     from .train import fit
 
     config = paths.config
     rounds = config.train.pseudo_rounds
     # with pseudo-label rounds the first rounds go to train/rounds/<n>, the last one to train/
     folders = [paths.train / "rounds" / str(number) for number in range(rounds)] + [paths.train]
-    result = fit(paths.store, folders[0], config.model, config.loss, config.data, config.train, resume=True,
-                 progress=progress)
+    if config.train.dim_negative:
+        result = train_dim_negative(paths.store, folders[0], config, progress=progress)
+    else:
+        result = fit(paths.store, folders[0], config.model, config.loss, config.data, config.train,
+                     resume=True, progress=progress)
     for folder in folders[1:]:
         result = train_pseudo_round(paths.store, folder, config, result.checkpoint,
                                     support=config.train.pseudo_support, progress=progress)

@@ -15,6 +15,9 @@ Each recipe is a different answer to "which label does a cell train on":
 ``pseudo``                ``balanced``, then a second round trained on cell pseudo-labels: a
                           cell keeps an image label where round one supports it, and a cell
                           with none supported becomes Negative
+``dim-negative``          ``balanced``, with the dim cells of a labelled image trained as
+                          Negative: those whose green signal is below 0.2 of the brightest
+                          cell's of their image
 ``fusion``                ``balanced`` with each cell's score blended with its image's (the
                           maximum over the image's cells) at inference
 ``knn``                   ``balanced``'s embeddings classified by a kNN vote of the training
@@ -27,8 +30,10 @@ a model trained on image labels never learns that a cell of a positive image sho
 Every recipe therefore scores Negative by the complement rule: a cell's Negative score is the
 larger of the model's own Negative output and ``1 - max`` of its other classes (a cell that
 shows nothing confidently is Negative). ``pseudo`` also trains on it: its round two labels the
-cells with no supported label Negative. :func:`hpa_embed.classify.score_negative` applies the
-rule (``[classify] negative``).
+cells with no supported label Negative, and ``dim-negative`` the cells that are dim in the
+protein channel beside the other cells of their image (a cell that does not express the
+protein is not stained). :func:`hpa_embed.classify.score_negative` applies the rule
+(``[classify] negative``).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ import pandas as pd
 from .config import ConfigError, LossConfig, RunConfig
 from .labels import NEGATIVE
 
-__all__ = ["Recipe", "RECIPES", "recipe_config", "pseudo_labels", "train_pseudo_round"]
+__all__ = ["Recipe", "RECIPES", "recipe_config", "pseudo_labels", "train_pseudo_round", "relative_brightness",
+           "dim_negative_labels", "train_dim_negative"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                      {**_BCE_TRIPLET, "mil_weight": 1.0, "mil_pooling": "lse"}, {"methods": ("head",)})),
     Recipe("pseudo", "balanced, then a round on cell pseudo-labels (unsupported -> Negative)",
            _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, {"pseudo_rounds": 1})),
+    Recipe("dim-negative", "balanced, the dim cells of labelled images trained as Negative",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, {"dim_negative": 0.2})),
     Recipe("fusion", "balanced, cell score blended with its image's at inference",
            _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",), "fusion_weight": 0.5})),
     Recipe("knn", "balanced embeddings, kNN vote of the training cells",
@@ -196,3 +204,81 @@ def train_pseudo_round(
     data = dataclasses.replace(config.data, label_mode="pseudo_labels")
     return fit(store, Path(out), config.model, config.loss, data, config.train, resume=True,
                progress=progress, cells=cells.assign(pseudo_labels=labels.to_numpy()))
+
+
+# --------------------------------------------------------------------------- dim cells as Negative
+
+
+def relative_brightness(store, channel: str = "green", percentile: float = 95.0) -> np.ndarray:
+    """Each cell's signal in one channel beside the other cells of its image; float64 ``[N]``.
+
+    The ``percentile`` of the channel over the crop's non-zero pixels (in a masked crop, the
+    cell's own pixels), in field units (``crop / 255 * scale_<channel>``), divided by the
+    highest such value among the cells of the same image: 1 for the brightest cell of each
+    image. A crop without a non-zero pixel scores 0. Read one chunk of crops at a time.
+    """
+    cells = store.cells
+    index = store.channels.index(channel)
+    values = np.zeros(len(cells))
+    rows = cells["row"].to_numpy()
+    for start in range(0, len(rows), 1024):
+        crops = store.get_crops(rows[start:start + 1024])
+        inside = crops.max(axis=1) > 0
+        for offset, (signal, mask) in enumerate(zip(crops[:, index], inside)):
+            if mask.any():
+                values[start + offset] = np.percentile(signal[mask], percentile)
+    values *= cells[f"scale_{channel}"].to_numpy(dtype=np.float64) / 255
+    brightest = pd.Series(values).groupby(cells["image_id"].to_numpy()).transform("max").to_numpy()
+    return np.divide(values, brightest, out=np.zeros_like(values), where=brightest > 0)
+
+
+def dim_negative_labels(image_labels: np.ndarray, brightness: np.ndarray, threshold: float,
+                        negative: int = NEGATIVE) -> np.ndarray:
+    """Image labels, with the dim cells of labelled images made Negative.
+
+    Parameters
+    ----------
+    image_labels : bool ``[N, K]``
+        Each cell's image labels (multi-hot).
+    brightness : float ``[N]``
+        :func:`relative_brightness`.
+    threshold : float in (0, 1)
+        A cell below it, in an image with a label other than Negative, gets Negative alone.
+
+    Returns
+    -------
+    bool ``[N, K]``
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold={threshold!r} must lie in (0, 1)")
+    labels = np.array(image_labels, dtype=bool)
+    positive = np.delete(labels, negative, axis=1).any(axis=1)
+    dim = positive & (np.asarray(brightness) < threshold)
+    labels[dim] = False
+    labels[dim, negative] = True
+    return labels
+
+
+def train_dim_negative(store, out: str | os.PathLike, config: RunConfig, progress: bool = True):
+    """Train ``config``'s first round on :func:`dim_negative_labels` of the training and
+    validation cells (threshold ``[train] dim_negative``), into ``out`` (a
+    :func:`~hpa_embed.train.fit` run). Returns its :class:`~hpa_embed.train.FitResult`."""
+    from .store import CellStore
+    from .train import fit
+
+    if config.data.label_mode != "image_labels":
+        raise ConfigError(f"[train] dim_negative works on label_mode = 'image_labels', "
+                          f"not {config.data.label_mode!r}")
+    store = store if isinstance(store, CellStore) else CellStore.open(store)
+    cells = store.cells
+    chosen = cells["split"].isin(["train", "val"]).to_numpy() & np.array(
+        [value is not None and len(value) > 0 for value in cells["image_labels"]])
+    image_Y = store.scheme.to_multi_hot([list(value) for value in cells["image_labels"][chosen]])
+    Y = dim_negative_labels(image_Y, relative_brightness(store)[chosen], config.train.dim_negative)
+    labels = np.full(len(cells), None, dtype=object)
+    labels[np.flatnonzero(chosen)] = [np.flatnonzero(row).tolist() for row in Y]
+    log.info("dim cells as Negative: %d of %d cells of labelled images", int(Y[:, NEGATIVE].sum()
+             - image_Y[:, NEGATIVE].sum()), len(Y))
+    data = dataclasses.replace(config.data, label_mode="pseudo_labels")
+    return fit(store, Path(out), config.model, config.loss, data, config.train, resume=True,
+               progress=progress, cells=cells.assign(pseudo_labels=labels))

@@ -3,6 +3,7 @@
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hpa_embed.classify import aggregate_images, fuse_scores, predict_cells, score_negative
@@ -22,7 +23,8 @@ from hpa_embed.config import (
 )
 from hpa_embed.embed import read_embeddings
 from hpa_embed.pipeline import STAGES, run_pipeline
-from hpa_embed.recipes import RECIPES, pseudo_labels, recipe_config
+from hpa_embed.recipes import RECIPES, dim_negative_labels, pseudo_labels, recipe_config, relative_brightness
+from hpa_embed.store import CellStore
 
 BASE = RunConfig(
     input=InputConfig(preset="tiny", n_images=10, seed=4),
@@ -58,6 +60,9 @@ def test_every_recipe_trains_and_is_scored(cropped, tmp_path, name):
         first, last = (read_config_file(out / "train" / path / "config.toml") for path in ("rounds/0", "."))
         assert (first.data.label_mode, last.data.label_mode) == ("image_labels", "pseudo_labels")
         assert read_embeddings(out / "embeddings").meta["checkpoint"].endswith("train/checkpoints/best")
+    if name == "dim-negative":  # one round, on image labels with the dim cells made Negative
+        trained = read_config_file(out / "train" / "config.toml")
+        assert trained.data.label_mode == "pseudo_labels" and trained.train.dim_negative == 0.2
 
 
 def test_recipes_set_what_they_say():
@@ -68,6 +73,8 @@ def test_recipes_set_what_they_say():
     assert recipe_config("balanced").data.sampler == "balanced"
     assert recipe_config("mil").loss.mil_weight > 0 and recipe_config("mil").data.sampler == "images"
     assert recipe_config("pseudo").train.pseudo_rounds == 1
+    assert recipe_config("dim-negative").train.dim_negative == 0.2
+    assert recipe_config("balanced").train.dim_negative == 0
     assert recipe_config("fusion").classify.fusion_weight == 0.5
     assert recipe_config("knn").classify.methods == ("knn",)
     assert recipe_config("oracle").data.label_mode == "true_labels"
@@ -122,3 +129,31 @@ def test_predict_cells_fuses_with_the_image_maximum(cropped, tmp_path):
     index = np.searchsorted(images, embedded.cells["image_id"].to_numpy())
     np.testing.assert_allclose(fused, 0.75 * plain + 0.25 * image_scores[index], rtol=1e-6)
     np.testing.assert_allclose(fuse_scores(plain, image_scores, index, 0.25), fused, rtol=1e-6)
+
+
+def test_dim_negative_labels_make_only_the_dim_cells_of_labelled_images_negative():
+    image_labels = np.zeros((5, 19), dtype=bool)
+    image_labels[:3, [0, 16]] = True  # image a: nucleoplasm + cytosol
+    image_labels[3:, 18] = True  # image b: Negative
+    brightness = np.array([1.0, 0.19, 0.2, 0.05, 1.0])
+    Y = dim_negative_labels(image_labels, brightness, 0.2)
+    assert [np.flatnonzero(row).tolist() for row in Y] == [[0, 16], [18], [0, 16], [18], [18]]
+    with pytest.raises(ValueError, match="threshold"):
+        dim_negative_labels(image_labels, brightness, 1.0)
+    with pytest.raises(ConfigError, match="dim_negative"):
+        TrainConfig(dim_negative=-0.1)
+
+
+def test_relative_brightness_is_a_percentile_of_the_cell_beside_its_images_brightest(tmp_path):
+    store = CellStore.create(tmp_path / "s", crop_size=4)
+    crops = np.zeros((3, 4, 4, 4), np.uint8)
+    crops[:, 0, 1:3, 1:3] = 10  # the cell's pixels (red, non-zero), outside is zero
+    crops[0, 1, 1:3, 1:3] = [[100, 100], [100, 200]]  # green inside the cell
+    crops[1, 1, 1:3, 1:3] = 50
+    crops[2, 1, 1:3, 1:3] = 30
+    cells = pd.DataFrame({"cell_id": ["a_1", "a_2", "b_1"], "image_id": ["a", "a", "b"],
+                          "scale_green": np.float32([1.0, 1.0, 2.0])})
+    store.append(cells, crops)
+    brightness = relative_brightness(CellStore.open(tmp_path / "s"), percentile=50)
+    # medians of the cells' green pixels: 100, 50 (image a: 50 / 100), 30 (image b: alone)
+    np.testing.assert_allclose(brightness, [1.0, 0.5, 1.0])

@@ -316,6 +316,10 @@ class TrainConfig(ConfigSection):
     pseudo_support : float
         A label is supported in a cell whose probability of it reaches this fraction of the
         highest probability of the class among its image's cells, in (0, 1].
+    dim_negative : float
+        In [0, 1): when above 0, the first round trains the cells of a labelled image whose
+        green signal is below this share of the brightest cell's of the image as Negative
+        (:func:`hpa_embed.recipes.dim_negative_labels`), with ``label_mode = "image_labels"``.
     classifier_bias : {"prior", "zero"}
         The classifier's initial bias: ``"prior"`` starts each class at its frequency among the
         training cells (``log(p / (1 - p))`` for sigmoid losses, ``log p`` for softmax), so the
@@ -340,6 +344,7 @@ class TrainConfig(ConfigSection):
     batchnorm: str = "train"
     pseudo_rounds: int = 0
     pseudo_support: float = 0.5
+    dim_negative: float = 0.0
     classifier_bias: str = "prior"
     seed: int = 0
     device: str = "auto"
@@ -354,6 +359,8 @@ class TrainConfig(ConfigSection):
             raise ConfigError(f"pseudo_rounds={self.pseudo_rounds!r} must be a non-negative integer")
         if not 0 < self.pseudo_support <= 1:
             raise ConfigError(f"pseudo_support={self.pseudo_support!r} must lie in (0, 1]")
+        if not 0 <= self.dim_negative < 1:
+            raise ConfigError(f"dim_negative={self.dim_negative!r} must lie in [0, 1)")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs!r} must be a positive integer")
