@@ -100,8 +100,9 @@ RELABEL = {
     "single-true": lambda image, true, bright: list(true) if len(true) == 1 else [],
     # the cells of single-label images, given their true label (one: the image's, or Negative)
     "single-image-true": lambda image, true, bright: list(true) if len(image) == 1 else [],
-    # cells that show a label keep their image's labels; silent cells (true [18]) are left out
-    "shown": lambda image, true, bright: list(image) if true != [NEGATIVE] else [],
+    # cells that show a label keep their image's labels; silent cells (true [18] in an image with
+    # another label) are left out
+    "shown": lambda image, true, bright: list(image) if true != [NEGATIVE] or image == [NEGATIVE] else [],
     # ... or become Negative
     "silent-negative": lambda image, true, bright: list(image) if true != [NEGATIVE] else [NEGATIVE],
     # without the truth: the dim cells of a labelled image become Negative
