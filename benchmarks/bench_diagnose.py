@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from bench_calibration import intensity_baseline
 from common import machine, synthetic_store
 
@@ -35,6 +33,7 @@ from hpa_embed.crops import build_store
 from hpa_embed.data import cell_targets
 from hpa_embed.embed import embed_store
 from hpa_embed.evaluate import cell_level_ap
+from hpa_embed.recipes import relative_brightness
 from hpa_embed.store import CellStore
 from hpa_embed.train import fit
 
@@ -110,24 +109,11 @@ RELABEL = {
 }
 
 
-def green_brightness(store: CellStore) -> np.ndarray:
-    """Per cell, the 95th percentile of its green pixels in field units (crop / 255 * scale),
-    relative to the brightest cell of its image by the same measure; float ``[N]``."""
-    cells = store.cells
-    crops = store.get_crops(cells["row"].to_numpy())
-    inside = crops.max(axis=1) > 0  # masked crops are zero outside the cell
-    green = crops[:, store.channels.index("green")]
-    p95 = np.array([np.percentile(g[m], 95) if m.any() else 0.0 for g, m in zip(green, inside)])
-    p95 = p95 / 255 * cells["scale_green"].to_numpy()
-    brightest = pd.Series(p95).groupby(cells["image_id"].to_numpy()).transform("max").to_numpy()
-    return p95 / np.maximum(brightest, 1e-12)
-
-
 def relabelled_copy(store_path: Path, out: Path, rule: str) -> Path:
     """A copy of the store whose image labels are :data:`RELABEL` ``[rule]`` of each cell's."""
     shutil.copytree(store_path, out)
     store = CellStore.open(out)
-    relabel, cells, brightness = RELABEL[rule], store.cells, green_brightness(store)
+    relabel, cells, brightness = RELABEL[rule], store.cells, relative_brightness(store)
     store.set_columns({"image_labels": [
         relabel(list(image), [] if true is None else list(true), bright)
         for image, true, bright in zip(cells["image_labels"], cells["true_labels"], brightness)]})

@@ -215,7 +215,7 @@ def relative_brightness(store, channel: str = "green", percentile: float = 95.0)
     The ``percentile`` of the channel over the crop's non-zero pixels (in a masked crop, the
     cell's own pixels), in field units (``crop / 255 * scale_<channel>``), divided by the
     highest such value among the cells of the same image: 1 for the brightest cell of each
-    image. A crop without a non-zero pixel scores 0. Read one chunk of crops at a time.
+    image. A crop without a non-zero pixel scores 0. Reads 1,024 crops at a time.
     """
     cells = store.cells
     index = store.channels.index(channel)
@@ -223,10 +223,10 @@ def relative_brightness(store, channel: str = "green", percentile: float = 95.0)
     rows = cells["row"].to_numpy()
     for start in range(0, len(rows), 1024):
         crops = store.get_crops(rows[start:start + 1024])
-        inside = crops.max(axis=1) > 0
-        for offset, (signal, mask) in enumerate(zip(crops[:, index], inside)):
-            if mask.any():
-                values[start + offset] = np.percentile(signal[mask], percentile)
+        signal = crops[:, index].reshape(len(crops), -1).astype(np.float64)
+        signal[(crops.max(axis=1) == 0).reshape(len(crops), -1)] = np.nan  # outside the cell
+        signal[np.isnan(signal).all(axis=1)] = 0.0  # a crop without a non-zero pixel
+        values[start:start + len(crops)] = np.nanpercentile(signal, percentile, axis=1)
     values *= cells[f"scale_{channel}"].to_numpy(dtype=np.float64) / 255
     brightest = pd.Series(values).groupby(cells["image_id"].to_numpy()).transform("max").to_numpy()
     return np.divide(values, brightest, out=np.zeros_like(values), where=brightest > 0)
