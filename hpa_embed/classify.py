@@ -29,6 +29,7 @@ __all__ = [
     "fuse_scores",
     "score_negative",
     "predict_cells",
+    "with_training_targets",
     "write_predictions",
     "read_predictions",
 ]
@@ -356,6 +357,7 @@ def predict_cells(
     negative: str = "complement",
     fusion_weight: float = 0.0,
     reference_splits: str | Sequence[str] | None = None,
+    training_run=None,
 ) -> np.ndarray:
     """Per-cell class probabilities float32 ``[N, K]`` for the cells of an embeddings directory.
 
@@ -367,8 +369,10 @@ def predict_cells(
         ``"head"``: the trained linear classifier (:func:`head_probabilities`; ``checkpoint``
         defaults to the one the embeddings came from). ``"knn"``: :class:`KNNClassifier` with
         the labelled cells of ``reference`` (another embeddings directory, e.g. the training
-        split) as neighbours, labels from its ``label_mode`` column. A reference read from a path
-        is memory-mapped and indexed block by block, so it may be larger than memory.
+        split) as neighbours, labels from its ``label_mode`` column (``"training_targets"``: the
+        targets the model of ``training_run`` trained on, :func:`with_training_targets`). A
+        reference read from a path is memory-mapped and indexed block by block, so it may be
+        larger than memory.
     negative : {"complement", "model"}
         How Negative is scored: :func:`score_negative`, or the model's own output alone.
     fusion_weight : float in [0, 1]
@@ -377,6 +381,9 @@ def predict_cells(
     reference_splits : str or sequence of str, optional
         Only the reference cells of these splits vote (e.g. ``"train"`` when ``reference`` is
         ``embeddings`` itself); default all.
+    training_run : path, optional
+        kNN with ``label_mode="training_targets"``: the :func:`~hpa_embed.train.fit` run
+        directory of the model (``<run>/train`` in a pipeline run).
     """
     from .data import cell_targets, label_column
     from .embed import Embeddings, read_embeddings
@@ -394,6 +401,11 @@ def predict_cells(
     elif method == "knn":
         if reference is None:
             raise ValueError("method='knn' needs reference embeddings (labelled cells to vote)")
+        if label_mode == "training_targets":
+            if training_run is None:
+                raise ValueError("label_mode='training_targets' needs the training_run that made the model")
+            reference = with_training_targets(reference, training_run)
+            label_mode = "pseudo_labels"
         ref = reference if isinstance(reference, Embeddings) else read_embeddings(
             reference, mmap=True, columns=[label_column(label_mode), "split"])
         positions, Y = cell_targets(ref.cells, label_mode, splits=reference_splits)
@@ -412,6 +424,27 @@ def predict_cells(
         _, image_probabilities = aggregate_images(probabilities, embedded.cells["image_id"])
         probabilities = fuse_scores(probabilities, image_probabilities, image_index, fusion_weight)
     return score_negative(probabilities) if negative == "complement" else probabilities
+
+
+def with_training_targets(reference, training_run):
+    """``reference`` (Embeddings or path) with a ``pseudo_labels`` column: the class ids each cell
+    trained on in the :func:`~hpa_embed.train.fit` run ``training_run`` (its ``targets.parquet``),
+    None for the cells it did not train on. A kNN vote on it repeats what the model was taught,
+    e.g. the dim cells of a ``dim-negative`` run as Negative rather than their image's labels."""
+    from .embed import Embeddings, read_embeddings
+    from .io import DataError
+    from .train import TARGETS_FILE
+
+    path = Path(training_run) / TARGETS_FILE
+    if not path.is_file():
+        raise DataError(path, "missing: the training run wrote no targets (trained by an earlier release?)")
+    targets = pd.read_parquet(path)
+    ref = reference if isinstance(reference, Embeddings) else read_embeddings(
+        reference, mmap=True, columns=["split"])
+    labels = pd.Series(targets["labels"].map(list).to_numpy(), index=targets["cell_id"].astype(str))
+    column = ref.cells["cell_id"].astype(str).map(labels)
+    return Embeddings(ref.X, ref.cells.assign(pseudo_labels=column.where(column.notna(), None).to_numpy()),
+                      ref.meta)
 
 
 def write_predictions(out, embeddings, probabilities: np.ndarray, method: str) -> Path:

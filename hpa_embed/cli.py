@@ -309,7 +309,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     embedded = read_embeddings(args.embeddings, mmap=True)
     probabilities = predict_cells(embedded, args.method, checkpoint=args.checkpoint, reference=args.reference,
                                   label_mode=args.label_mode, n_neighbors=args.k, negative=args.negative,
-                                  fusion_weight=args.fusion_weight)
+                                  fusion_weight=args.fusion_weight, training_run=args.training_run)
     write_predictions(args.out, embedded, probabilities, args.method)
     print(f"wrote {args.method} probabilities of {len(probabilities)} cells to {args.out}")
     return 0
@@ -615,8 +615,11 @@ def get_parser() -> argparse.ArgumentParser:
     classify.add_argument("--method", choices=("head", "knn"), default="head")
     classify.add_argument("--checkpoint", help="head: checkpoint (default: the embeddings' own)")
     classify.add_argument("--reference", help="knn: embeddings of labelled cells (e.g. the train split)")
-    classify.add_argument("--label-mode", choices=("image_labels", "true_labels"), default="image_labels",
-                          help="knn: the reference cells' labels")
+    classify.add_argument("--label-mode", choices=("image_labels", "training_targets", "true_labels"),
+                          default="image_labels", help="knn: the reference cells' labels (training_targets: "
+                          "what the model of --training-run trained on)")
+    classify.add_argument("--training-run", help="knn with --label-mode training_targets: the training "
+                          "run directory (<run>/train)")
     classify.add_argument("-k", type=int, default=10, help="knn: neighbours")
     classify.add_argument("--negative", choices=("complement", "model"), default="complement",
                           help="Negative score: max(model, 1 - highest other class), or the model's")

@@ -438,6 +438,7 @@ def _stage_classify(paths: RunPaths, workers: int | None, progress: bool) -> dic
         probabilities = predict_cells(embedded, method, checkpoint=paths.checkpoint, reference=embedded,
                                       reference_splits="train", label_mode=config.knn_labels,
                                       n_neighbors=config.n_neighbors, index_config=paths.config.index,
+                                      training_run=paths.train,
                                       negative=config.negative, fusion_weight=config.fusion_weight)
         write_predictions(paths.predictions(method), embedded, probabilities, method)
         summary[method] = {"cells": len(probabilities), "path": paths.predictions(method)}

@@ -5,23 +5,23 @@ Each recipe is a different answer to "which label does a cell train on":
 
 ========================  ===================================================================
 ``seed-ce``               cells of single-label images, each with its image's label; softmax
-                          cross-entropy (the seed project's recipe)
+                          cross-entropy, class-balanced batches (the seed project's recipe)
 ``seed-ce-triplet``       the same, plus a triplet loss on mined triplets
 ``balanced``              every cell with all its image's labels (multi-hot), BCE + multi-label
                           triplets (at 0.1 of the BCE), class-balanced batches
 ``mil``                   the cells of an image form a bag: a cell-level BCE plus an
                           image-level BCE on the bag's log-sum-exp pooled logits, batches of
                           whole images
-``pseudo``                ``balanced``, then a second round trained on cell pseudo-labels: a
-                          cell keeps an image label where round one supports it, and a cell
-                          with none supported becomes Negative
+``pseudo``                ``dim-negative``, then a second round trained on cell pseudo-labels:
+                          a cell keeps an image label where round one supports it, and a
+                          cell with none supported becomes Negative
 ``dim-negative``          ``balanced``, with the dim cells of a labelled image trained as
                           Negative: those whose green signal is below 0.2 of the brightest
                           cell's of their image
-``fusion``                ``balanced`` with each cell's score blended with its image's (the
-                          maximum over the image's cells) at inference
-``knn``                   ``balanced``'s embeddings classified by a kNN vote of the training
-                          cells instead of the linear head
+``fusion``                ``dim-negative`` with each cell's score blended with its image's
+                          (the maximum over the image's cells) at inference
+``knn``                   ``dim-negative``'s embeddings classified by a kNN vote of the
+                          training cells on the targets they trained on, not the linear head
 ``oracle``                every cell with its true labels (synthetic truth only): the ceiling
 ========================  ===================================================================
 
@@ -87,10 +87,16 @@ def _sections(data: dict, loss: dict, classify: dict, train: dict | None = None)
     return configure
 
 
-_SINGLE = {"label_mode": "single_label", "sampler": "shuffle"}
+# Class-balanced batches, as the calibration ran the seed's recipe: with shuffled batches the
+# rare classes' few single-label images are hardly seen (cell mAP 0.166 against 0.243,
+# docs/recipes.md "The seed's recipe and its sampler").
+_SINGLE = {"label_mode": "single_label", "sampler": "balanced"}
 _WEAK = {"label_mode": "image_labels", "sampler": "balanced"}
 # The triplet term at a tenth of the classification loss: at full weight it cost the linear head
 # 0.06-0.09 cell mAP (docs/recipes.md, bench_diagnose.py bce-prior-triplet / -balanced-triplet).
+# A cell of a labelled image below 0.2 of its image's brightest cell's green signal trains as Negative
+# (docs/recipes.md, "What the weak labels cost").
+_DIM = {"dim_negative": 0.2}
 _BCE_TRIPLET = {"classification": "bce", "metric": "triplet", "miner": "semihard", "multilabel_mining": True,
                 "w_metric": 0.1}
 
@@ -106,14 +112,14 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("mil", "bags of an image's cells: cell BCE + image BCE on LSE-pooled logits",
            _sections({"label_mode": "image_labels", "sampler": "images"},
                      {**_BCE_TRIPLET, "mil_weight": 1.0, "mil_pooling": "lse"}, {"methods": ("head",)})),
-    Recipe("pseudo", "balanced, then a round on cell pseudo-labels (unsupported -> Negative)",
-           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, {"pseudo_rounds": 1})),
+    Recipe("pseudo", "dim-negative, then a round on cell pseudo-labels (unsupported -> Negative)",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, {**_DIM, "pseudo_rounds": 1})),
     Recipe("dim-negative", "balanced, the dim cells of labelled images trained as Negative",
-           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, {"dim_negative": 0.2})),
-    Recipe("fusion", "balanced, cell score blended with its image's at inference",
-           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",), "fusion_weight": 0.5})),
-    Recipe("knn", "balanced embeddings, kNN vote of the training cells",
-           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("knn",)})),
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",)}, _DIM)),
+    Recipe("fusion", "dim-negative, cell score blended with its image's at inference",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("head",), "fusion_weight": 0.5}, _DIM)),
+    Recipe("knn", "dim-negative embeddings, kNN vote of the training cells on their training targets",
+           _sections(_WEAK, _BCE_TRIPLET, {"methods": ("knn",), "knn_labels": "training_targets"}, _DIM)),
     Recipe("oracle", "every cell with its true labels (synthetic truth): the ceiling",
            _sections({"label_mode": "true_labels", "sampler": "balanced"}, _BCE_TRIPLET,
                      {"methods": ("head",), "knn_labels": "true_labels"})),

@@ -4,6 +4,7 @@ A run directory holds::
 
     <run>/config.toml                the model, loss, data and train configs of the run
     <run>/history.csv, history.json  one row per epoch: losses per component, accuracy, macro AP
+    <run>/targets.parquet            each training cell's cell_id and the class ids it trained on
     <run>/checkpoints/last/          model.safetensors + config.json + trainer_state.safetensors
     <run>/checkpoints/best/          the epoch with the lowest validation loss
 
@@ -71,9 +72,14 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- set-up
 
 
+#: The training cells and their targets, in a run directory (``cell_id``, ``labels``).
+TARGETS_FILE = "targets.parquet"
+
+
 @dataclass
 class _Split:
     dataset: CellDataset
+    positions: np.ndarray  # int [N]: the cells' positions in the table trained from
     y_primary: np.ndarray  # int [N]: the class balanced sampling draws by
     class_counts: np.ndarray  # int [K]
 
@@ -93,7 +99,18 @@ def _load_split(store: CellStore, cells: pd.DataFrame, data: DataConfig, model: 
         primary = primary_labels(targets, counts)
     groups = cells["image_id"].to_numpy()[positions]  # an image's cells are one MIL bag
     dataset = CellDataset(store, rows, targets, channels=model.channels, groups=groups)
-    return _Split(dataset, np.asarray(primary), counts)
+    return _Split(dataset, positions, np.asarray(primary), counts)
+
+
+def _write_targets(out: Path, cells: pd.DataFrame, training: _Split) -> None:
+    """``<out>/targets.parquet``: each training cell's ``cell_id`` and the class ids it trains on."""
+    targets = training.dataset.targets.numpy()
+    labels = [[int(y)] for y in targets] if targets.ndim == 1 else [np.flatnonzero(row).tolist()
+                                                                    for row in targets]
+    table = pd.DataFrame({"cell_id": cells["cell_id"].to_numpy()[training.positions].astype(str),
+                          "labels": labels})
+    with atomic_path(out / TARGETS_FILE) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def _check_compatible(store: CellStore, model: ModelConfig, loss: LossConfig, data: DataConfig) -> None:
@@ -448,6 +465,7 @@ def fit(
         log.info("resuming %s after epoch %d", out, start_epoch)
     if context.is_main:
         write_config_file(out / "config.toml", configs)
+        _write_targets(out, cells, training)
 
     runner = _Runner(None, criterion, model_config, train_config, data_config, context.device)
     frozen = None

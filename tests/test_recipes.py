@@ -56,19 +56,34 @@ def test_every_recipe_trains_and_is_scored(cropped, tmp_path, name):
     scores = result.evaluation["methods"][method]["scores"]
     assert set(scores) == {"cell_map", "image_map", "competition_map"}
     assert all(0 <= value <= 1 for value in scores.values())
-    if name == "pseudo":  # round one on image labels, then the round on pseudo-labels
+    if name == "pseudo":  # round one as dim-negative, then the round on pseudo-labels
         first, last = (read_config_file(out / "train" / path / "config.toml") for path in ("rounds/0", "."))
-        assert (first.data.label_mode, last.data.label_mode) == ("image_labels", "pseudo_labels")
+        assert first.train.dim_negative == 0.2 and last.data.label_mode == "pseudo_labels"
         assert read_embeddings(out / "embeddings").meta["checkpoint"].endswith("train/checkpoints/best")
     if name == "dim-negative":  # one round, on image labels with the dim cells made Negative
         trained = read_config_file(out / "train" / "config.toml")
         assert trained.data.label_mode == "pseudo_labels" and trained.train.dim_negative == 0.2
-
+    if name == "knn":  # the training cells vote with what they trained on: their dim-negative targets
+        store = CellStore.open(out / "store")
+        cells = store.cells
+        trained = ((cells["split"] == "train") & cells["image_labels"].map(
+            lambda value: value is not None and len(value) > 0)).to_numpy()
+        image_Y = store.scheme.to_multi_hot([list(value) for value in cells["image_labels"][trained]])
+        expected = dim_negative_labels(image_Y, relative_brightness(store)[trained], 0.2)
+        assert expected[:, 18].sum() > image_Y[:, 18].sum()  # some dim cells became Negative
+        embedded = read_embeddings(out / "embeddings")
+        votes = predict_cells(embedded, "knn", reference=embedded, reference_splits="train",
+                              label_mode="training_targets", training_run=out / "train", n_neighbors=1,
+                              negative="model")
+        position = pd.Series(np.arange(len(embedded)), index=embedded.cells["cell_id"].astype(str))
+        own = votes[position[cells["cell_id"][trained].astype(str)].to_numpy()]  # each cell's nearest: itself
+        np.testing.assert_array_equal(own, expected.astype(np.float32))
 
 def test_recipes_set_what_they_say():
     assert recipe_config("seed-ce").data.label_mode == "single_label"
     seed = recipe_config("seed-ce")
     assert seed.loss.classification == "ce" and seed.loss.metric is None
+    assert seed.data.sampler == "balanced"
     assert recipe_config("seed-ce-triplet").loss.metric == "triplet"
     assert recipe_config("balanced").data.sampler == "balanced"
     assert recipe_config("mil").loss.mil_weight > 0 and recipe_config("mil").data.sampler == "images"
@@ -157,3 +172,16 @@ def test_relative_brightness_is_a_percentile_of_the_cell_beside_its_images_brigh
     brightness = relative_brightness(CellStore.open(tmp_path / "s"), percentile=50)
     # medians of the cells' green pixels: 100, 50 (image a: 50 / 100), 30 (image b: alone)
     np.testing.assert_allclose(brightness, [1.0, 0.5, 1.0])
+
+
+def test_training_targets_of_a_run_without_them_are_refused_naming_the_file(tmp_path):
+    from hpa_embed.classify import with_training_targets
+    from hpa_embed.embed import Embeddings
+    from hpa_embed.io import DataError
+
+    cells = pd.DataFrame({"cell_id": ["a"], "split": ["train"]})
+    reference = Embeddings(np.zeros((1, 2), np.float32), cells, {})
+    with pytest.raises(DataError, match="targets.parquet.*wrote no targets"):
+        with_training_targets(reference, tmp_path)
+    pd.DataFrame({"cell_id": ["a"], "labels": [[3, 18]]}).to_parquet(tmp_path / "targets.parquet")
+    assert with_training_targets(reference, tmp_path).cells["pseudo_labels"].tolist() == [[3, 18]]

@@ -77,9 +77,11 @@ class ClassifyConfig(ConfigSection):
         training cells in the embedding space).
     n_neighbors : int
         kNN: neighbours that vote.
-    knn_labels : {"image_labels", "true_labels"}
-        kNN: the labels the training cells vote with; "true_labels" (synthetic truth) is an
-        oracle, not a weakly supervised result.
+    knn_labels : {"image_labels", "training_targets", "true_labels"}
+        kNN: the labels the training cells vote with: their images' labels, the targets the
+        model trained on (which differ where a recipe derives cell labels: ``dim-negative``,
+        ``pseudo``), or "true_labels" (synthetic truth: an oracle, not a weakly supervised
+        result).
     negative : {"complement", "model"}
         How a cell's Negative score is made: the larger of the model's Negative output and one
         minus its highest other class (a cell that shows nothing is Negative), or the model's
@@ -102,7 +104,7 @@ class ClassifyConfig(ConfigSection):
         for method in self.methods:
             check_choice("methods", method, ("head", "knn"))
         check_positive_int(self, "n_neighbors")
-        check_choice("knn_labels", self.knn_labels, ("image_labels", "true_labels"))
+        check_choice("knn_labels", self.knn_labels, ("image_labels", "training_targets", "true_labels"))
         check_choice("negative", self.negative, ("complement", "model"))
         check_unit_interval(self, "fusion_weight")
 
