@@ -88,15 +88,15 @@ def _sections(data: dict, loss: dict, classify: dict, train: dict | None = None)
 
 
 # Class-balanced batches, as the calibration ran the seed's recipe: with shuffled batches the
-# rare classes' few single-label images are hardly seen (cell mAP 0.166 against 0.243,
-# docs/recipes.md "The seed's recipe and its sampler").
+# rare classes' few single-label images are hardly seen (cell mAP 0.167 against 0.249,
+# docs/recipes.md "Calibration: the seed's recipe and standard's difficulty").
 _SINGLE = {"label_mode": "single_label", "sampler": "balanced"}
 _WEAK = {"label_mode": "image_labels", "sampler": "balanced"}
+# A cell of a labelled image below 0.2 of its image's brightest cell's green signal trains as
+# Negative (docs/recipes.md, "What the weak labels cost").
+_DIM = {"dim_negative": 0.2}
 # The triplet term at a tenth of the classification loss: at full weight it cost the linear head
 # 0.06-0.09 cell mAP (docs/recipes.md, bench_diagnose.py bce-prior-triplet / -balanced-triplet).
-# A cell of a labelled image below 0.2 of its image's brightest cell's green signal trains as Negative
-# (docs/recipes.md, "What the weak labels cost").
-_DIM = {"dim_negative": 0.2}
 _BCE_TRIPLET = {"classification": "bce", "metric": "triplet", "miner": "semihard", "multilabel_mining": True,
                 "w_metric": 0.1}
 
