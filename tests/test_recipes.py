@@ -78,6 +78,14 @@ def test_every_recipe_trains_and_is_scored(cropped, tmp_path, name):
         position = pd.Series(np.arange(len(embedded)), index=embedded.cells["cell_id"].astype(str))
         own = votes[position[cells["cell_id"][trained].astype(str)].to_numpy()]  # each cell's nearest: itself
         np.testing.assert_array_equal(own, expected.astype(np.float32))
+    if name == "seed-ce":  # the targets written are the single-label training cells' image labels
+        cells = CellStore.open(out / "store").cells
+        single = cells[(cells["split"] == "train") & (cells["image_labels"].map(
+            lambda value: value is not None and len(value) == 1))]
+        targets = pd.read_parquet(out / "train" / "targets.parquet")
+        assert targets["cell_id"].tolist() == single["cell_id"].astype(str).tolist()
+        assert targets["labels"].map(list).tolist() == single["image_labels"].map(list).tolist()
+
 
 def test_recipes_set_what_they_say():
     assert recipe_config("seed-ce").data.label_mode == "single_label"
@@ -92,6 +100,8 @@ def test_recipes_set_what_they_say():
     assert recipe_config("balanced").train.dim_negative == 0
     assert recipe_config("fusion").classify.fusion_weight == 0.5
     assert recipe_config("knn").classify.methods == ("knn",)
+    assert recipe_config("knn").classify.knn_labels == "training_targets"
+    assert recipe_config("knn").train.dim_negative == recipe_config("fusion").train.dim_negative == 0.2
     assert recipe_config("oracle").data.label_mode == "true_labels"
     # the base run's own settings stay
     assert recipe_config("mil", BASE).train.epochs == 1 and recipe_config("mil", BASE).crop.crop_size == 32
