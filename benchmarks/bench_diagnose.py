@@ -33,7 +33,7 @@ from hpa_embed.crops import build_store
 from hpa_embed.data import cell_targets
 from hpa_embed.embed import embed_store
 from hpa_embed.evaluate import cell_level_ap
-from hpa_embed.recipes import relative_brightness
+from hpa_embed.recipes import recipe_config, relative_brightness
 from hpa_embed.store import CellStore
 from hpa_embed.train import fit
 
@@ -89,8 +89,8 @@ VARIANTS |= {
 
 NEGATIVE = 18
 #: Below this share of the brightest cell of its image (green, 95th percentile), "dim-negative"
-#: calls a cell silent.
-DIM = 0.2
+#: calls a cell silent: the recipe's threshold.
+DIM = recipe_config("dim-negative").train.dim_negative
 # the labels a relabelled copy gives a cell, from its image's labels, its true labels and its
 # green brightness relative to the brightest cell of its image
 RELABEL = {

@@ -190,7 +190,6 @@ def train_pseudo_round(
     from .classify import head_probabilities
     from .embed import embed_store
     from .store import CellStore
-    from .train import fit
 
     store = store if isinstance(store, CellStore) else CellStore.open(store)
     cells = store.cells
@@ -207,9 +206,17 @@ def train_pseudo_round(
     chosen_ids = embedded.cells["cell_id"].to_numpy()[chosen][labelled]
     labels[chosen_ids] = [np.flatnonzero(row).tolist() for row in Y]
     log.info("pseudo-labels: %d cells, %.1f%% of them Negative", len(Y), 100 * Y[:, NEGATIVE].mean())
+    return _fit_on_cell_labels(store, out, config, labels.to_numpy(), progress)
+
+
+def _fit_on_cell_labels(store, out, config: RunConfig, labels: np.ndarray, progress: bool):
+    """``fit`` ``config``'s model into ``out`` on ``labels`` (object ``[N]``: each store row's class
+    ids, None for a cell left out), read as label mode ``pseudo_labels``."""
+    from .train import fit
+
     data = dataclasses.replace(config.data, label_mode="pseudo_labels")
     return fit(store, Path(out), config.model, config.loss, data, config.train, resume=True,
-               progress=progress, cells=cells.assign(pseudo_labels=labels.to_numpy()))
+               progress=progress, cells=store.cells.assign(pseudo_labels=labels))
 
 
 # --------------------------------------------------------------------------- dim cells as Negative
@@ -270,7 +277,6 @@ def train_dim_negative(store, out: str | os.PathLike, config: RunConfig, progres
     validation cells (threshold ``[train] dim_negative``), into ``out`` (a
     :func:`~hpa_embed.train.fit` run). Returns its :class:`~hpa_embed.train.FitResult`."""
     from .store import CellStore
-    from .train import fit
 
     if config.data.label_mode != "image_labels":
         raise ConfigError(f"[train] dim_negative works on label_mode = 'image_labels', "
@@ -285,6 +291,4 @@ def train_dim_negative(store, out: str | os.PathLike, config: RunConfig, progres
     labels[np.flatnonzero(chosen)] = [np.flatnonzero(row).tolist() for row in Y]
     log.info("dim cells as Negative: %d of %d cells of labelled images", int(Y[:, NEGATIVE].sum()
              - image_Y[:, NEGATIVE].sum()), len(Y))
-    data = dataclasses.replace(config.data, label_mode="pseudo_labels")
-    return fit(store, Path(out), config.model, config.loss, data, config.train, resume=True,
-               progress=progress, cells=cells.assign(pseudo_labels=labels))
+    return _fit_on_cell_labels(store, out, config, labels, progress)

@@ -218,10 +218,14 @@ def test_rle_round_trip_and_foreign_shapes(mask, height, width):
 @given(text=st.text(max_size=200), raw=st.binary(max_size=200))
 def test_submission_reader_on_random_text(workdir, text, raw):
     path = workdir / "random_submission.csv"
-    path.write_text(text, encoding="utf-8")
-    refused_or_returned(read_submission, path)
-    path.write_bytes(raw)
-    refused_or_returned(read_submission, path)
+    for content in (text.encode("utf-8"), raw):
+        path.write_bytes(content)
+        read = refused_or_returned(read_submission, path)
+        if read is not None:  # what reads is a valid submission: labels, confidences and images checked
+            predictions = read.predictions
+            assert predictions["label"].between(0, 18).all()
+            assert predictions["confidence"].between(0, 1).all()
+            assert set(predictions["image_id"]) <= set(read.images["image_id"])
 
 
 @pytest.fixture(scope="module")
