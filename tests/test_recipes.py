@@ -102,6 +102,7 @@ def test_recipes_set_what_they_say():
     assert recipe_config("knn").classify.methods == ("knn",)
     assert recipe_config("knn").classify.knn_labels == "training_targets"
     assert recipe_config("knn").train.dim_negative == recipe_config("fusion").train.dim_negative == 0.2
+    assert recipe_config("mil").train.dim_negative == 0.2
     assert recipe_config("oracle").data.label_mode == "true_labels"
     # the base run's own settings stay
     assert recipe_config("mil", BASE).train.epochs == 1 and recipe_config("mil", BASE).crop.crop_size == 32
