@@ -9,9 +9,9 @@ Each recipe is a different answer to "which label does a cell train on":
 ``seed-ce-triplet``       the same, plus a triplet loss on mined triplets
 ``balanced``              every cell with all its image's labels (multi-hot), BCE + multi-label
                           triplets (at 0.1 of the BCE), class-balanced batches
-``mil``                   the cells of an image form a bag: a cell-level BCE plus an
-                          image-level BCE on the bag's log-sum-exp pooled logits, batches of
-                          whole images
+``mil``                   ``dim-negative``'s targets, the cells of an image forming a bag: a
+                          cell-level BCE plus an image-level BCE on the bag's log-sum-exp
+                          pooled logits, batches of whole images
 ``pseudo``                ``dim-negative``, then a second round trained on cell pseudo-labels:
                           a cell keeps an image label where round one supports it, and a
                           cell with none supported becomes Negative
