@@ -8,8 +8,9 @@ Batches are read from the store in one fancy-indexed call (``CellDataset.__getit
 data loading costs one memory-mapped gather per batch, not one Python call per cell. Batch
 samplers draw *global* batches and hand each distributed rank its own contiguous slice, so
 ``world_size`` processes with ``batch_size / world_size`` cells each see exactly the cells one
-process with ``batch_size`` would. :class:`ImageBatchSampler` is the exception: it keeps images
-whole, so each rank gets whole images of its own.
+process with ``batch_size`` would. :class:`ImageBatchSampler` and
+:class:`BalancedImageBatchSampler` are the exception: they keep images whole, so each rank gets
+whole images of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "ShuffledBatchSampler",
     "BalancedBatchSampler",
     "ImageBatchSampler",
+    "BalancedImageBatchSampler",
     "make_loader",
     "make_batch_sampler",
 ]
@@ -355,7 +357,23 @@ def _pack_sizes(sizes: np.ndarray, capacity: int) -> list[list[int]]:
     return bins
 
 
-class ImageBatchSampler(_GlobalBatchSampler):
+class _WholeImageBatchSampler(_GlobalBatchSampler):
+    """Base: subclasses plan each global batch as ``world_size`` per-rank batches of whole
+    images; each rank gets its own part."""
+
+    @abstractmethod
+    def _rank_batches(self) -> list[list[np.ndarray]]:
+        """The epoch's global batches, each as ``world_size`` per-rank batches of whole images."""
+
+    def _global_batches(self) -> list[np.ndarray]:
+        return [np.concatenate(parts) for parts in self._rank_batches()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for parts in self._rank_batches():
+            yield parts[self.rank].tolist()
+
+
+class ImageBatchSampler(_WholeImageBatchSampler):
     """Batches of whole images: all the cells of an image share a batch (the bags of MIL).
 
     Which sizes of image share a batch is planned once from the images' cell counts
@@ -422,7 +440,6 @@ class ImageBatchSampler(_GlobalBatchSampler):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _rank_batches(self) -> list[list[np.ndarray]]:
-        """The epoch's global batches, each as ``world_size`` per-rank batches of whole images."""
         rng, ranks, wanted = self._rng(), self.world_size, len(self)
         batches: list[np.ndarray] = []
         while len(batches) < wanted * ranks:
@@ -430,12 +447,77 @@ class ImageBatchSampler(_GlobalBatchSampler):
             batches.extend(dealt[: len(dealt) // ranks * ranks])
         return [batches[i * ranks : (i + 1) * ranks] for i in range(wanted)]
 
-    def _global_batches(self) -> list[np.ndarray]:
-        return [np.concatenate(parts) for parts in self._rank_batches()]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for parts in self._rank_batches():
-            yield parts[self.rank].tolist()
+class BalancedImageBatchSampler(_WholeImageBatchSampler):
+    """Class-balanced batches of whole images: the bags of MIL, with the rare classes seen.
+
+    Each batch (per process under DDP) is filled image by image: a class drawn uniformly among
+    the cells' classes, a cell of that class drawn uniformly, and that cell's image, not yet in
+    the batch, with all its cells. The last image that does not fit gives the drawn cell and a
+    random choice of its other cells to fill the batch, so every batch holds exactly its share
+    of cells. Rare classes are thus drawn as often as common ones, as in
+    :class:`BalancedBatchSampler`, but an image's cells stay together.
+
+    Parameters
+    ----------
+    labels : int array ``[N]``
+        One class per cell (for multi-hot cells their rarest label).
+    groups : int array ``[N]``
+        Each cell's image as an integer code (:attr:`CellDataset.groups`).
+    batch_size : int
+        Cells in a global batch.
+    num_batches : int
+        Global batches per epoch.
+    seed, rank, world_size
+        As for the other samplers.
+    """
+
+    def __init__(
+        self,
+        labels,
+        groups,
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(batch_size, seed, rank, world_size)
+        labels, groups = np.asarray(labels), np.asarray(groups)
+        if labels.shape != groups.shape:
+            raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
+        if len(labels) < batch_size // world_size:
+            raise ConfigError(f"a batch of {batch_size // world_size} cells cannot be drawn from "
+                              f"{len(labels)} cells")
+        self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        _, self.image_of = np.unique(groups, return_inverse=True)  # each cell's image, 0..G-1
+        order = np.argsort(self.image_of, kind="stable")
+        self.images = np.split(order, np.flatnonzero(np.diff(self.image_of[order])) + 1)
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _fill(self, rng: np.random.RandomState, room: int) -> np.ndarray:
+        """One batch of ``room`` cells, image by image."""
+        cells, taken = [], set()
+        while room > 0:
+            members = self.by_class[rng.randint(len(self.by_class))]
+            cell = members[rng.randint(len(members))]
+            image = self.image_of[cell]
+            if image in taken:
+                continue
+            taken.add(image)
+            bag = self.images[image]
+            if len(bag) > room:
+                bag = np.concatenate([[cell], rng.choice(bag[bag != cell], room - 1, replace=False)])
+            cells.append(bag)
+            room -= len(bag)
+        return np.concatenate(cells)
+
+    def _rank_batches(self) -> list[list[np.ndarray]]:
+        rng, share = self._rng(), self.batch_size // self.world_size
+        return [[self._fill(rng, share) for _ in range(self.world_size)] for _ in range(self.num_batches)]
 
 
 def make_loader(dataset: CellDataset, batch_sampler: Sampler, num_workers: int = 0) -> DataLoader:
@@ -471,20 +553,26 @@ def make_batch_sampler(
         One class per training cell (for multi-hot cells their rarest label,
         :func:`hpa_embed.losses.primary_labels`).
     groups : int ``[N]``, optional
-        Each training cell's image (:attr:`CellDataset.groups`); needed by ``sampler="images"``.
+        Each training cell's image (:attr:`CellDataset.groups`); needed by ``sampler="images"``
+        and ``"balanced_images"``.
     seed, rank, world_size
         Seed of the batches, and this process's place under DDP.
     """
     n_cells, batch = len(y_primary), data.batch_size
     if data.sampler == "shuffle":
         return ShuffledBatchSampler(n_cells, batch, seed=seed, rank=rank, world_size=world_size)
-    if data.sampler == "images":
+    if data.sampler in ("images", "balanced_images"):
         if groups is None:
-            raise ValueError("sampler='images' needs each cell's image: pass groups (CellDataset.groups)")
+            raise ValueError(f"sampler={data.sampler!r} needs each cell's image: pass groups "
+                             "(CellDataset.groups)")
         if len(groups) != n_cells:
             raise ValueError(f"{n_cells} cells but {len(groups)} groups")
-        return ImageBatchSampler(groups, batch, data.batches_per_epoch, seed=seed, rank=rank,
-                                 world_size=world_size)
+        if data.sampler == "images":
+            return ImageBatchSampler(groups, batch, data.batches_per_epoch, seed=seed, rank=rank,
+                                     world_size=world_size)
+        return BalancedImageBatchSampler(y_primary, groups, batch,
+                                         data.batches_per_epoch or max(1, n_cells // batch),
+                                         seed=seed, rank=rank, world_size=world_size)
     classes = len(np.unique(y_primary))
     m = data.m_per_class
     if classes * m < batch:

@@ -6,6 +6,7 @@ import torch
 from hpa_embed.config import ConfigError, DataConfig
 from hpa_embed.data import (
     BalancedBatchSampler,
+    BalancedImageBatchSampler,
     CellDataset,
     ImageBatchSampler,
     ShuffledBatchSampler,
@@ -229,6 +230,64 @@ def test_make_batch_sampler_images():
     assert isinstance(sampler, ImageBatchSampler) and len(sampler) == 5
     assert list(sampler) == list(ImageBatchSampler(groups, 16, 5, seed=3, rank=1, world_size=2))
     with pytest.raises(ValueError, match="needs each cell's image: pass groups"):
+        make_batch_sampler(data, labels)
+
+
+def rare_and_common_images(seed=0):
+    """Cell labels and image codes: 60 images of 2-9 cells of class 0, one image of 3 cells of class 5."""
+    groups = image_groups(seed, n_images=60)
+    return np.r_[np.zeros(len(groups), int), [5, 5, 5]], np.r_[groups, [1000, 1000, 1000]]
+
+
+def test_balanced_image_sampler_fills_batches_with_whole_images_of_each_class():
+    labels, groups = rare_and_common_images()
+    sampler = BalancedImageBatchSampler(labels, groups, 16, num_batches=400, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 400
+    with_rare = 0
+    for batch in batches:
+        assert len(batch) == 16 and len(set(batch)) == 16  # full, no cell twice
+        cut = [image for image in images_of(batch, groups)
+               if not set(np.flatnonzero(groups == image)) <= set(batch)]
+        assert len(cut) <= 1  # whole images, but for the last one cut to fit
+        with_rare += 1000 in images_of(batch, groups)
+    # a draw picks class 5 with probability 1/2, so a batch of k >= 2 images misses the rare image
+    # with probability <= 1/4; drawn by image (1 of 61) it would be in about 5 % of the batches
+    assert with_rare / len(batches) > 0.7
+    assert list(BalancedImageBatchSampler(labels, groups, 16, 400, seed=1)) == batches
+    assert list(BalancedImageBatchSampler(labels, groups, 16, 400, seed=2)) != batches
+
+
+def test_balanced_image_sampler_keeps_the_drawn_cell_of_a_cut_image():
+    # one class per image, images of 12 cells, batches of 8: every batch is one image cut to 8
+    groups = np.repeat(np.arange(4), 12)
+    labels = groups.copy()
+    for batch in BalancedImageBatchSampler(labels, groups, 8, num_batches=50, seed=0):
+        assert len(batch) == 8 and len(images_of(batch, groups)) == 1
+    with pytest.raises(ConfigError, match="a batch of 8 cells cannot be drawn from 5 cells"):
+        BalancedImageBatchSampler(np.zeros(5, int), np.arange(5), 8, 1)
+
+
+def test_balanced_image_sampler_gives_each_rank_its_own_whole_images():
+    labels, groups = rare_and_common_images(seed=2)
+    ranks = [list(BalancedImageBatchSampler(labels, groups, 16, 20, seed=3, rank=r, world_size=2))
+             for r in (0, 1)]
+    assert ranks[0] != ranks[1]
+    for part0, part1 in zip(*ranks, strict=True):  # the same number of steps on every rank
+        assert len(part0) == len(part1) == 8
+        for part in (part0, part1):  # each rank's cells hold its images (the cut one aside)
+            cut = [image for image in images_of(part, groups)
+                   if not set(np.flatnonzero(groups == image)) <= set(part)]
+            assert len(cut) <= 1
+
+
+def test_make_batch_sampler_balanced_images():
+    labels, groups = rare_and_common_images()
+    data = DataConfig(label_mode="image_labels", sampler="balanced_images", batch_size=16)
+    sampler = make_batch_sampler(data, labels, groups, seed=3)
+    assert isinstance(sampler, BalancedImageBatchSampler) and len(sampler) == len(labels) // 16
+    assert list(sampler) == list(BalancedImageBatchSampler(labels, groups, 16, len(labels) // 16, seed=3))
+    with pytest.raises(ValueError, match="sampler='balanced_images' needs each cell's image"):
         make_batch_sampler(data, labels)
 
 

@@ -162,7 +162,8 @@ class LossConfig(ConfigSection):
         Weight of the multiple-instance (MIL) term, 0 = off: the cells of one image in a batch
         form a bag, their logits are pooled per class (``mil_pooling``) and compared by BCE with
         the bag's label (the union of its cells' labels: in ``label_mode = "image_labels"`` the
-        image's labels). Needs multi-hot targets; ``[data] sampler = "images"`` keeps bags whole.
+        image's labels). Needs multi-hot targets; ``[data] sampler = "images"`` or
+        ``"balanced_images"`` keeps bags whole.
     mil_pooling : {"lse", "max", "mean"}
         How a bag's cell logits become its logit, per class: ``"lse"`` log-sum-exp
         ``1/r log(mean(exp(r x)))`` (between the mean, r -> 0, and the max, r -> inf),
@@ -229,18 +230,20 @@ class DataConfig(ConfigSection):
         :func:`hpa_embed.data.cell_targets`.
     batch_size : int
         Global batch size (split across processes under DDP).
-    sampler : {"balanced", "shuffle", "images"}
+    sampler : {"balanced", "shuffle", "images", "balanced_images"}
         ``"balanced"``: ``m_per_class`` cells of each of ``batch_size / m_per_class`` classes per
         batch (pytorch-metric-learning's ``MPerClassSampler``; multi-hot cells by their rarest
         label); ``"shuffle"``: every cell once per epoch in random order; ``"images"``: whole
         images (every cell of an image in one batch, the bags of ``[loss] mil_weight``), packed
         into batches of at most ``batch_size`` cells, each image once per epoch; an image with
-        more cells than a batch (per process under DDP) gives a random batch of them.
+        more cells than a batch (per process under DDP) gives a random batch of them;
+        ``"balanced_images"``: whole images drawn class-balanced (a class at random, a cell of
+        it, its image), ``batch_size`` cells a batch, the last image cut to fit.
     m_per_class : int
         Cells per class in a balanced batch; divides ``batch_size``.
     batches_per_epoch : int or None
-        Balanced and images sampling; default: training cells // batch size (balanced), one
-        pass over the images (images).
+        Balanced and images sampling; default: training cells // batch size (balanced,
+        balanced_images), one pass over the images (images).
     augment : bool
         Random flips, 90-degree rotations and brightness jitter (:func:`hpa_embed.data.augment_batch`).
     intensity_jitter : float
@@ -264,7 +267,7 @@ class DataConfig(ConfigSection):
     def __post_init__(self):
         check_choice("label_mode", self.label_mode, ("single_label", "image_labels", "true_labels",
                                                      "pseudo_labels"))
-        check_choice("sampler", self.sampler, ("balanced", "shuffle", "images"))
+        check_choice("sampler", self.sampler, ("balanced", "shuffle", "images", "balanced_images"))
         for name in ("batch_size", "m_per_class", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
