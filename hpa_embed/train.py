@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -105,12 +107,15 @@ def _load_split(store: CellStore, cells: pd.DataFrame, data: DataConfig, model: 
 def _write_targets(out: Path, cells: pd.DataFrame, training: _Split) -> None:
     """``<out>/targets.parquet``: each training cell's ``cell_id`` and the class ids it trains on."""
     targets = training.dataset.targets.numpy()
-    labels = [[int(y)] for y in targets] if targets.ndim == 1 else [np.flatnonzero(row).tolist()
-                                                                    for row in targets]
-    table = pd.DataFrame({"cell_id": cells["cell_id"].to_numpy()[training.positions].astype(str),
-                          "labels": labels})
+    if targets.ndim == 1:  # one class per cell
+        offsets, classes = np.arange(len(targets) + 1), targets
+    else:  # multi-hot: the classes of each row, in order
+        classes = np.nonzero(targets)[1]
+        offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(targets, axis=1))])
+    labels = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(classes, pa.int64()))
+    cell_ids = cells["cell_id"].to_numpy()[training.positions].astype(str)
     with atomic_path(out / TARGETS_FILE) as tmp:
-        table.to_parquet(tmp, index=False)
+        pq.write_table(pa.table({"cell_id": pa.array(cell_ids), "labels": labels}), tmp)
 
 
 def _check_compatible(store: CellStore, model: ModelConfig, loss: LossConfig, data: DataConfig) -> None:

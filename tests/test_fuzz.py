@@ -215,17 +215,23 @@ def test_rle_round_trip_and_foreign_shapes(mask, height, width):
 # --------------------------------------------------------------------------- submissions
 
 
+def assert_valid_submission(read) -> None:
+    """What ``read_submission`` returned is a valid submission: labels, confidences, images."""
+    predictions = read.predictions
+    assert predictions["label"].between(0, 18).all()
+    assert predictions["confidence"].between(0, 1).all()
+    assert set(predictions["image_id"]) <= set(read.images["image_id"])
+    assert (read.images["width"] > 0).all() and (read.images["height"] > 0).all()
+
+
 @given(text=st.text(max_size=200), raw=st.binary(max_size=200))
 def test_submission_reader_on_random_text(workdir, text, raw):
     path = workdir / "random_submission.csv"
     for content in (text.encode("utf-8"), raw):
         path.write_bytes(content)
         read = refused_or_returned(read_submission, path)
-        if read is not None:  # what reads is a valid submission: labels, confidences and images checked
-            predictions = read.predictions
-            assert predictions["label"].between(0, 18).all()
-            assert predictions["confidence"].between(0, 1).all()
-            assert set(predictions["image_id"]) <= set(read.images["image_id"])
+        if read is not None:
+            assert_valid_submission(read)
 
 
 @pytest.fixture(scope="module")
@@ -247,11 +253,20 @@ TOKENS = st.sampled_from(["0", "18", "19", "-1", "0.5", "nan", "inf", "1e400", "
 def test_submission_reader_on_mutated_submissions(workdir, submission_bytes, data, rows):
     path = workdir / "mutated_submission.csv"
     path.write_bytes(data.draw(mutated(submission_bytes)))
-    refused_or_returned(read_submission, path)
+    read = refused_or_returned(read_submission, path)
+    if read is not None:
+        assert_valid_submission(read)
     lines = ["ID,ImageWidth,ImageHeight,PredictionString"]
     lines += [f"{image_id},{width},{height},{' '.join(tokens)}" for image_id, width, height, tokens in rows]
     path.write_text("\n".join(lines) + "\n")
-    refused_or_returned(read_submission, path)
+    read = refused_or_returned(read_submission, path)
+    ids = [image_id for image_id, *_ in rows]
+    sizes = [size for _, *size, _ in rows]
+    if not all(ids) or len(set(ids)) < len(ids) or min(map(min, sizes), default=1) <= 0:
+        assert read is None  # an empty or repeated ID, a size that is not positive
+    elif read is not None:  # one image per line, with its size
+        assert_valid_submission(read)
+        assert list(read.images.itertuples(index=False, name=None)) == [row[:3] for row in rows]
 
 
 # --------------------------------------------------------------------------- run configurations
